@@ -1,0 +1,262 @@
+"""Tokenize a CIF dataset (Hub id or local CSV / parquet / JSON) into CrystalFormer tokens.
+
+The output folder is a parquet dataset that ``datasets.load_dataset("parquet", ...)`` (or
+:func:`load_prepared`) reads back, streaming or not::
+
+    out/
+      shards/shard-00000.parquet ...   tokens of the rows that encoded (plus the id and the structure)
+      failures.csv                      every row that did not, with the error type and the reason
+      summary.json                      counts, rejection reasons, settings
+      tokenizer_config.json             the tokenizer that made it
+
+Work is written shard by shard with atomic renames, so an interrupted run resumes where it stopped and
+never loses finished shards. Rows are encoded in parallel (``num_proc`` worker processes).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import multiprocessing as mp
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..tokenization import CrystalTokenizationError, CrystalTokenizer
+
+
+STRUCTURE_COLUMNS = ("cif", "structure")
+ID_COLUMNS = ("material_id", "id", "mat_id", "name")
+_LOCAL_BUILDERS = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json"}
+
+
+def _builder_for(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
+    builder = _LOCAL_BUILDERS.get(suffixes[-1] if suffixes else "")
+    if builder is None:
+        raise ValueError(f"{path}: unsupported file type; use CSV, parquet or JSON (optionally compressed)")
+    return builder
+
+
+def load_crystal_dataset(source: str | os.PathLike, split: str = "train", streaming: bool = False, **kwargs):
+    """A ``datasets`` dataset of crystals from a Hub id (e.g. ``zdcao/alex-20``), a local file, or a folder.
+
+    Local files are CSV, parquet or JSON(L), optionally gzipped, with a ``cif`` column or a ``structure``
+    column (pymatgen ``Structure.as_dict()`` or its JSON text).
+    """
+    from datasets import load_dataset
+
+    path = Path(source)
+    if path.is_file():
+        return load_dataset(_builder_for(path), data_files=str(path), split="train", streaming=streaming, **kwargs)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _maybe_builder(p))
+        if not files:
+            raise FileNotFoundError(f"{path}: no CSV, parquet or JSON files")
+        builders = {_builder_for(p) for p in files}
+        if len(builders) > 1:
+            raise ValueError(f"{path}: mixed file types {sorted(builders)}; keep one type per folder")
+        return load_dataset(
+            builders.pop(), data_files=[str(p) for p in files], split="train", streaming=streaming, **kwargs
+        )
+    return load_dataset(str(source), split=split, streaming=streaming, **kwargs)
+
+
+def _maybe_builder(path: Path) -> str | None:
+    try:
+        return _builder_for(path)
+    except ValueError:
+        return None
+
+
+def structure_column(column_names: Iterable[str]) -> str:
+    names = list(column_names)
+    for column in STRUCTURE_COLUMNS:
+        if column in names:
+            return column
+    raise ValueError(f"no structure column: expected one of {STRUCTURE_COLUMNS}, found {names}")
+
+
+def id_column(column_names: Iterable[str]) -> str | None:
+    names = list(column_names)
+    return next((c for c in ID_COLUMNS if c in names), None)
+
+
+# ----------------------------------------------------------------------------------------------- workers
+_TOKENIZER: CrystalTokenizer | None = None
+
+
+def _init_worker(tokenizer_config: dict[str, Any]) -> None:
+    global _TOKENIZER
+    warnings.simplefilter("ignore")
+    config = dict(tokenizer_config)
+    config.pop("tokenizer_class", None)
+    _TOKENIZER = CrystalTokenizer(**config)
+
+
+def _encode(job: tuple[str, Any]) -> dict[str, Any]:
+    name, crystal = job
+    try:
+        tokens = _TOKENIZER.encode(crystal, name=name)
+    except CrystalTokenizationError as exc:
+        return {"id": name, "error_type": type(exc).__name__, "error": str(exc)}
+    except Exception as exc:  # a bug or a library failure on one row must not end the batch job
+        return {"id": name, "error_type": type(exc).__name__, "error": f"{name}: unexpected error: {exc}"}
+    return {"id": name, **tokens.as_dict(), "num_sites": tokens.num_sites, "num_atoms": tokens.num_atoms}
+
+
+def _atomic_write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def prepare_data(
+    source: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    split: str = "train",
+    streaming: bool = False,
+    tokenizer: CrystalTokenizer | None = None,
+    num_proc: int = 1,
+    shard_size: int = 2000,
+    limit: int | None = None,
+    keep_structure: bool = True,
+    dataset=None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Tokenize ``source`` into ``output_dir`` (see the module docstring); returns the summary.
+
+    Bad rows are skipped and reported in ``failures.csv``; the job itself never stops on one. Re-running
+    with the same arguments resumes: finished shards are kept and only missing ones are computed.
+    """
+    tokenizer = tokenizer or CrystalTokenizer()
+    out = Path(output_dir)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    settings = {"source": str(source), "split": split, "shard_size": shard_size, "tokenizer": tokenizer.to_dict()}
+    manifest = out / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()) != settings:
+        raise ValueError(f"{out} holds a run with other settings ({manifest}); use another output folder")
+    _atomic_write_text(json.dumps(settings, indent=2), manifest)
+    tokenizer.save_pretrained(out)
+
+    ds = dataset if dataset is not None else load_crystal_dataset(source, split=split, streaming=streaming)
+    columns = ds.column_names or list(next(iter(ds)).keys())
+    column, ids = structure_column(columns), id_column(columns)
+    total = None if streaming else len(ds)
+    if limit is not None:
+        ds = ds.take(limit) if streaming else ds.select(range(min(limit, len(ds))))
+        total = limit if total is None else min(limit, total)
+
+    rows = ((str(row[ids]) if ids else f"row {i}", row[column]) for i, row in enumerate(ds))
+    counts = collections.Counter()
+    pool = mp.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer.to_dict(),)) if num_proc > 1 else None
+    if pool is None:
+        _init_worker(tokenizer.to_dict())
+    bar = tqdm(total=total, desc="tokenizing", unit="crystal", disable=not progress)
+    try:
+        for k, chunk in enumerate(_chunks(rows, shard_size)):
+            shard = out / "shards" / f"shard-{k:05d}.parquet"
+            failures_file = out / "shards" / f"failures-{k:05d}.csv"
+            if shard.exists() and failures_file.exists():
+                bar.update(len(chunk))
+                continue
+            mapper = pool.imap(_encode, chunk, chunksize=8) if pool else map(_encode, chunk)
+            ok, bad = [], []
+            for (_, crystal), result in zip(chunk, mapper):
+                if "error" in result:
+                    bad.append(result)
+                else:
+                    if keep_structure:
+                        result[column] = crystal if isinstance(crystal, str) else json.dumps(crystal)
+                    ok.append(result)
+                bar.update(1)
+            _atomic_write_parquet(pd.DataFrame(ok, columns=_token_columns(keep_structure, column)), shard)
+            tmp = failures_file.with_suffix(".tmp")
+            pd.DataFrame(bad, columns=["id", "error_type", "error"]).to_csv(tmp, index=False)
+            os.replace(tmp, failures_file)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+    return _summarise(out, settings)
+
+
+def _token_columns(keep_structure: bool, column: str) -> list[str]:
+    columns = ["id", "G", "W", "A", "XYZ", "L", "num_sites", "num_atoms"]
+    return columns + [column] if keep_structure else columns
+
+
+def _summarise(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    failures = [pd.read_csv(p) for p in sorted((out / "shards").glob("failures-*.csv"))]
+    failures = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame(columns=["id", "error_type"])
+    tmp = out / "failures.csv.tmp"
+    failures.to_csv(tmp, index=False)
+    os.replace(tmp, out / "failures.csv")
+    import pyarrow.parquet as pq
+
+    encoded = sum(pq.ParquetFile(p).metadata.num_rows for p in (out / "shards").glob("shard-*.parquet"))
+    summary = {
+        **settings,
+        "encoded": int(encoded),
+        "failed": int(len(failures)),
+        "failure_reasons": {str(k): int(v) for k, v in failures["error_type"].value_counts().items()},
+    }
+    _atomic_write_text(json.dumps(summary, indent=2), out / "summary.json")
+    return summary
+
+
+def load_prepared(output_dir: str | os.PathLike, streaming: bool = False):
+    """The tokens written by :func:`prepare_data` as a ``datasets`` dataset."""
+    from datasets import load_dataset
+
+    files = sorted(str(p) for p in (Path(output_dir) / "shards").glob("shard-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{output_dir}: no prepared shards (run `crystalformer-rl prepare-data` first)")
+    return load_dataset("parquet", data_files=files, split="train", streaming=streaming)
+
+
+def add_prepare_data_arguments(parser) -> None:
+    parser.add_argument("source", help="Hub dataset id (e.g. zdcao/alex-20) or a local CSV / parquet / JSON file")
+    parser.add_argument("output_dir", help="folder for the token shards, failures.csv and summary.json")
+    parser.add_argument("--split", default="train", help="dataset split for Hub datasets (default: train)")
+    parser.add_argument("--streaming", action="store_true", help="stream rows instead of downloading first")
+    parser.add_argument("--num-proc", type=int, default=max(1, (os.cpu_count() or 1)), help="worker processes")
+    parser.add_argument("--shard-size", type=int, default=2000, help="rows per output shard (the resume unit)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    parser.add_argument("--n-max", type=int, default=21, help="maximum number of sites + 1 (reference: 21)")
+    parser.add_argument("--no-structure", action="store_true", help="do not copy the structure column")
+
+
+def run_prepare_data(args) -> dict[str, Any]:
+    summary = prepare_data(
+        args.source,
+        args.output_dir,
+        split=args.split,
+        streaming=args.streaming,
+        tokenizer=CrystalTokenizer(n_max=args.n_max),
+        num_proc=args.num_proc,
+        shard_size=args.shard_size,
+        limit=args.limit,
+        keep_structure=not args.no_structure,
+    )
+    print(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,20 @@
+import os
+from pathlib import Path
+
+import pytest
+
+
+# No Hub access in tests: look-ups would stall on retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        raise FileNotFoundError(f"the tests read real data from {SHARED}, which is missing")
+    return SHARED
