@@ -15,7 +15,6 @@ never loses finished shards. Rows are encoded in parallel (``num_proc`` worker p
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
 import multiprocessing as mp
@@ -165,7 +164,6 @@ def prepare_data(
         total = limit if total is None else min(limit, total)
 
     rows = ((str(row[ids]) if ids else f"row {i}", row[column]) for i, row in enumerate(ds))
-    counts = collections.Counter()
     pool = mp.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer.to_dict(),)) if num_proc > 1 else None
     if pool is None:
         _init_worker(tokenizer.to_dict())
