@@ -1,9 +1,14 @@
 """The ``crystalformer-rl`` command line.
 
 Examples:
-    crystalformer-rl prepare-data ../shared/data/mp20_pilot/val.csv.gz prepared/mp20-val --num-proc 2
-    crystalformer-rl prepare-data zdcao/alex-20 prepared/alex-20 --streaming
+    crystalformer-rl sample -n 100 -o samples                      # the embedded default model
+    crystalformer-rl evaluate samples/samples.csv -o samples/eval  # validity, uniqueness, novelty, E_hull, S.U.N.
+    crystalformer-rl prepare-data ../shared/data/mp20_pilot/val.csv.gz prepared/mp20-val
+    crystalformer-rl pretrain --train_data prepared/mp20-val --output_dir runs/pretrain --max_steps 1000
+    crystalformer-rl rl --config configs/rl_ehull.yaml
     crystalformer-rl convert epoch_005500.pkl converted/alex20
+
+Run ``crystalformer-rl COMMAND --help`` for a command's options.
 """
 
 from __future__ import annotations
@@ -15,6 +20,18 @@ import sys
 
 # name -> (module, add-arguments function, run function, one-line help)
 COMMANDS = {
+    "sample": (
+        "crystalformer_rl.sample",
+        "add_sample_arguments",
+        "run_sample",
+        "sample crystals (CSV of token strings and log-likelihoods, CIFs, extxyz)",
+    ),
+    "evaluate": (
+        "crystalformer_rl.evaluation.evaluate",
+        "add_evaluate_arguments",
+        "run_evaluate",
+        "validity, uniqueness, novelty, stability (E_hull) and S.U.N. of crystals, per structure and in summary",
+    ),
     "prepare-data": (
         "crystalformer_rl.data.prepare",
         "add_prepare_data_arguments",
@@ -28,6 +45,11 @@ COMMANDS = {
         "convert an official CrystalFormer pickle checkpoint into a Hugging Face model folder",
     ),
 }
+# Commands whose options are dataclass fields (TRL's parser; `--config file.yaml` works).
+DATACLASS_COMMANDS = {
+    "pretrain": ("crystalformer_rl.trainers.commands", "run_pretrain", "pretrain CrystalFormer by maximum likelihood"),
+    "rl": ("crystalformer_rl.trainers.commands", "run_rl", "reinforcement fine-tuning with reward models (RLOO/PPO)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,15 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, add_arguments, _, help_text) in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub = subparsers.add_parser(
+            name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         try:
             getattr(importlib.import_module(module), add_arguments)(sub)
         except ImportError as exc:  # a command whose module is missing stays listed, with the reason
             sub.set_defaults(_unavailable=f"{name} is unavailable: {exc}")
+    for name, (_, _, help_text) in DATACLASS_COMMANDS.items():
+        subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DATACLASS_COMMANDS:
+        module, run, _ = DATACLASS_COMMANDS[argv[0]]
+        getattr(importlib.import_module(module), run)(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     if getattr(args, "_unavailable", None):
         print(args._unavailable, file=sys.stderr)

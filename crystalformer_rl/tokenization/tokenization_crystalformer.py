@@ -169,7 +169,7 @@ class CrystalTokens:
         xyz = np.zeros((n_max, 3), dtype=np.float64)
         w[:n], a[:n] = W, A
         if n:
-            xyz[:n] = np.asarray(XYZ, dtype=np.float64).reshape(n, 3)
+            xyz[:n] = np.array([np.asarray(p, dtype=np.float64) for p in XYZ]).reshape(n, 3)  # nested lists or arrays
         return cls(int(G), w, a, xyz, np.asarray(L, dtype=np.float64))
 
     def as_dict(self) -> dict[str, Any]:

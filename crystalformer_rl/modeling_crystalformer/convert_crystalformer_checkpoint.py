@@ -1,0 +1,412 @@
+"""Convert an official CrystalFormer checkpoint (JAX/haiku pickle) to a Hugging Face model, without JAX.
+
+The official checkpoints are pickles of ``{"params": haiku params, "opt_state": optax state}`` whose arrays are
+JAX arrays. A pickle is a program, so it is read with a restricted unpickler that only resolves an explicit
+allow-list of globals (numpy array reconstruction, JAX's array wrapper, optax's state named-tuples) and
+refuses anything else.
+
+Usage::
+
+    python -m crystalformer_rl.modeling_crystalformer.convert_crystalformer_checkpoint alex20 crystalformer-alex20
+    python -m crystalformer_rl.modeling_crystalformer.convert_crystalformer_checkpoint \
+        path/to/epoch_005500.pkl --output-dir out --config reference_config.json
+
+or from Python: ``CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint("alex20")``.
+
+Haiku names modules in creation order (first ``linear``, then ``linear_1``, ...). The reference creates, in
+order: the first-Wyckoff MLP (2 Linear, only if ``h0_size > 0``), the W/A/X/Y/Z token projections (5 Linear),
+then per layer a LayerNorm, the attention (``multi_head_attention{_l}/{query,key,value,linear}``), a LayerNorm
+and the two MLP Linear, and finally a LayerNorm and the output Linear. Linear weights are stored (in, out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pickle
+import re
+from collections import OrderedDict, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .configuration_crystalformer import CrystalFormerConfig
+
+
+HUB_REPO = "zdcao/CrystalFormer"
+OFFICIAL_CHECKPOINTS = {
+    "alex20": (HUB_REPO, "alex20/PBE/epoch_005500.pkl"),
+    "alex20-rl-ehull": (HUB_REPO, "alex20/RL-ehull/epoch_000195.pkl"),
+    "alex20-rl-dielectric": (HUB_REPO, "alex20/RL-dielectric/epoch_000100.pkl"),
+    "mp20": (HUB_REPO, "mp20/epoch_003800.pkl"),  # legacy v0.3 architecture: absolute positions
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Restricted unpickling
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+def _numpy_scalar():
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    return scalar
+
+
+def _plain_array(array) -> np.ndarray:
+    if not isinstance(array, np.ndarray) or array.dtype.hasobject:
+        raise pickle.UnpicklingError("checkpoint arrays must be plain numeric numpy arrays")
+    return array
+
+
+def _rebuild_jax_array(fun, args, arr_state, aval_state):
+    """Stand-in for ``jax._src.array._reconstruct_array``: rebuild the numpy array, drop JAX's metadata."""
+    if fun is not _numpy_reconstruct():
+        raise pickle.UnpicklingError("unexpected array constructor inside a pickled JAX array")
+    array = fun(*args)
+    array.__setstate__(arr_state)
+    return _plain_array(array)
+
+
+class OptaxState(tuple):
+    """Stand-in for optax's NamedTuple optimiser states (`EmptyState`, `ScaleByAdamState`, ...): a plain tuple
+    that remembers the original class name. The optimiser state is not needed for conversion."""
+
+    optax_name = "OptaxState"
+
+    def __new__(cls, *fields):
+        return super().__new__(cls, fields)
+
+    def __repr__(self):
+        return f"{self.optax_name}{tuple.__repr__(self)}"
+
+
+def _optax_stub(name: str):
+    return type(name, (OptaxState,), {"optax_name": name, "__module__": __name__})
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    reconstruct, scalar = _numpy_reconstruct(), _numpy_scalar()
+    allowed = {
+        ("jax._src.array", "_reconstruct_array"): _rebuild_jax_array,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("collections", "OrderedDict"): OrderedDict,
+    }
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = reconstruct
+        allowed[(module, "scalar")] = scalar
+    for module, names in {
+        "optax._src.base": ("EmptyState",),
+        "optax._src.transform": ("ScaleByAdamState", "ScaleByScheduleState", "ScaleState", "TraceState"),
+        "optax._src.clipping": ("ClipByGlobalNormState", "ClipState"),
+    }.items():
+        for name in names:
+            allowed[(module, name)] = _optax_stub(name)
+    return allowed
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals of :func:`_allowed_globals` and refuses everything else."""
+
+    def __init__(self, file, allowed: dict[tuple[str, str], object] | None = None):
+        super().__init__(file)
+        self._allowed = _allowed_globals() if allowed is None else allowed
+
+    def find_class(self, module, name):
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load global '{module}.{name}': not in the allow-list of a CrystalFormer checkpoint"
+            ) from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not allowed in a CrystalFormer checkpoint")
+
+
+def load_checkpoint_pickle(path: str | os.PathLike) -> dict:
+    """Read an official checkpoint safely. Returns ``{"params": {module: {name: ndarray}}, "opt_state": ...}``."""
+    with open(path, "rb") as f:
+        data = f.read()
+    checkpoint = RestrictedUnpickler(io.BytesIO(data)).load()
+    if not isinstance(checkpoint, dict) or "params" not in checkpoint:
+        raise ValueError(f"{path} is not a CrystalFormer checkpoint (expected a dict with 'params')")
+    params = checkpoint["params"]
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: 'params' must be a dict of haiku modules")
+    for module, entries in params.items():
+        if not isinstance(entries, dict):
+            raise ValueError(f"{path}: params[{module!r}] must be a dict of arrays")
+        for name, value in entries.items():
+            entries[name] = _plain_array(np.asarray(value) if np.isscalar(value) else value)
+    return checkpoint
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config inference and name mapping
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _as_config_kwargs(config) -> dict:
+    if config is None:
+        return {}
+    if isinstance(config, CrystalFormerConfig):
+        return config.to_dict()
+    if isinstance(config, (str, os.PathLike)):
+        with open(config) as f:
+            config = json.load(f)
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a CrystalFormerConfig, a dict or a JSON path, got {type(config)}")
+    return dict(config)
+
+
+def infer_config(params: dict, config=None) -> CrystalFormerConfig:
+    """Build a config from the parameter shapes; values in `config` (HF or reference names) take precedence.
+
+    Shapes determine embed_size, atom/wyck types, h0_size, hidden_size, Nf, widening factor, number of layers,
+    Kl (from the output width), the position-embedding type and, for absolute positions, n_max. They do not
+    determine how the attention width splits into heads x head_dim (default key size 64, as in every
+    published model) nor Kx (default 16) when those are not given.
+    """
+    given = _as_config_kwargs(config)
+    given = {CrystalFormerConfig.attribute_map.get(k, k): v for k, v in given.items()}
+    top = params["~"]
+    inferred: dict = {}
+    embed_size = top["g_embeddings"].shape[1]
+    inferred["embed_size"] = embed_size
+    inferred["atom_types"] = top["a_embeddings"].shape[0]
+    inferred["wyck_types"] = top["w_embeddings"].shape[0]
+    inferred["h0_size"] = 0 if "w_params" in top else params["linear"]["w"].shape[1]
+    if "positional_embeddings" in top:
+        inferred["position_embedding_type"] = "absolute"
+        inferred["n_max"] = top["positional_embeddings"].shape[0] // 5
+    else:
+        inferred["position_embedding_type"] = "rope"
+    num_layers = sum(1 for k in params if re.fullmatch(r"multi_head_attention(_\d+)?/query", k))
+    inferred["num_hidden_layers"] = num_layers
+    first_proj = "linear_2" if inferred["h0_size"] > 0 else "linear"
+    hidden = params[first_proj]["w"].shape[1]
+    inferred["hidden_size"] = hidden
+    x_proj = f"linear_{4 if inferred['h0_size'] > 0 else 2}"
+    inferred["num_fourier_frequencies"] = (params[x_proj]["w"].shape[0] - embed_size) // 2
+    fc1 = f"linear_{(7 if inferred['h0_size'] > 0 else 5)}"
+    inferred["widening_factor"] = params[fc1]["w"].shape[1] // hidden
+    inner = params["multi_head_attention/query"]["w"].shape[1]
+    head_dim = given.get("head_dim")
+    if head_dim is None:
+        heads = given.get("num_attention_heads")
+        head_dim = inner // heads if heads else (64 if inner % 64 == 0 else inner)
+    inferred["head_dim"] = head_dim
+    inferred["num_attention_heads"] = given.get("num_attention_heads", inner // head_dim)
+    head_name = f"linear_{(5 if inferred['h0_size'] > 0 else 3) + 2 * num_layers + 2}"
+    output_size = params[head_name]["w"].shape[1]
+    kl, rest = divmod(output_size - inferred["atom_types"], 13)
+    if rest == 0 and kl > 0:
+        inferred["num_lattice_components"] = kl
+
+    ignored = ("model_type", "transformers_version", "seed")  # `seed` appears in reference config files
+    merged = {**inferred, **{k: v for k, v in given.items() if k not in ignored}}
+    for key, value in inferred.items():
+        if key in given and given[key] != value:
+            raise ValueError(f"config says {key}={given[key]!r} but the checkpoint's shapes give {value!r}")
+    if merged["num_attention_heads"] * merged["head_dim"] != inner:
+        raise ValueError(
+            f"num_attention_heads * head_dim = {merged['num_attention_heads']} * {merged['head_dim']} "
+            f"does not match the attention width {inner}"
+        )
+    return CrystalFormerConfig(**merged)
+
+
+def haiku_to_torch_names(config: CrystalFormerConfig) -> dict[str, tuple[str, bool, int]]:
+    """Map ``"haiku_module/param"`` to ``(state-dict key, transpose, part)`` for a given config. Several haiku
+    arrays can fill one PyTorch tensor: the query, key and value projections are concatenated, in `part` order,
+    along the output dimension of the fused ``qkv_proj``."""
+    counters: dict[str, int] = defaultdict(int)
+
+    def next_module(kind: str) -> str:
+        index = counters[kind]
+        counters[kind] += 1
+        return kind if index == 0 else f"{kind}_{index}"
+
+    mapping: dict[str, tuple[str, bool, int]] = {}
+
+    def linear(torch_name: str, haiku_name: str | None = None, part: int = 0):
+        name = haiku_name or next_module("linear")
+        mapping[f"{name}/w"] = (f"{torch_name}.weight", True, part)
+        mapping[f"{name}/b"] = (f"{torch_name}.bias", False, part)
+
+    def layer_norm(torch_name: str):
+        name = next_module("layer_norm")
+        mapping[f"{name}/scale"] = (f"{torch_name}.weight", False, 0)
+        mapping[f"{name}/offset"] = (f"{torch_name}.bias", False, 0)
+
+    for table in ("g", "w", "a"):
+        mapping[f"~/{table}_embeddings"] = (f"transformer.{table}_embed.weight", False, 0)
+    if config.position_embedding_type == "absolute":
+        mapping["~/positional_embeddings"] = ("transformer.pos_embed", False, 0)
+    if config.h0_size > 0:
+        linear("h0_fc1")
+        linear("h0_fc2")
+    else:
+        mapping["~/w_params"] = ("w_params", False, 0)
+    for token in ("w", "a", "x", "y", "z"):
+        linear(f"transformer.proj_{token}")
+    for layer in range(config.num_hidden_layers):
+        prefix = f"transformer.layers.{layer}"
+        layer_norm(f"{prefix}.ln_attn")
+        attention = next_module("multi_head_attention")
+        for part, haiku_name in enumerate(("query", "key", "value")):
+            linear(f"{prefix}.attn.qkv_proj", f"{attention}/{haiku_name}", part)
+        linear(f"{prefix}.attn.o_proj", f"{attention}/linear")
+        layer_norm(f"{prefix}.ln_mlp")
+        linear(f"{prefix}.mlp.fc1")
+        linear(f"{prefix}.mlp.fc2")
+    layer_norm("transformer.final_ln")
+    linear("head")
+    return mapping
+
+
+def convert_params(params: dict, config: CrystalFormerConfig, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Haiku params -> PyTorch state dict (every array used exactly once, shapes checked by the caller)."""
+    mapping = haiku_to_torch_names(config)
+    flat = {f"{module}/{name}": array for module, entries in params.items() for name, array in entries.items()}
+    missing = sorted(set(mapping) - set(flat))
+    unexpected = sorted(set(flat) - set(mapping))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the config: missing {missing}, unexpected {unexpected}")
+    parts: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
+    for haiku_name, (torch_name, transpose, part) in mapping.items():
+        array = np.asarray(flat[haiku_name])
+        parts[torch_name][part] = torch.from_numpy(np.ascontiguousarray(array.T if transpose else array))
+    return {name: torch.cat([p[i] for i in sorted(p)], dim=0).to(dtype) for name, p in parts.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint_path(path_or_hub_file: str | os.PathLike, **hub_kwargs) -> Path:
+    """A local file, an alias of :data:`OFFICIAL_CHECKPOINTS`, or ``[hf://]owner/repo/path/in/repo.pkl``
+    (downloaded or found in the HF cache through `huggingface_hub.hf_hub_download`)."""
+    text = str(path_or_hub_file)
+    if os.path.isfile(text):
+        return Path(text)
+    if isinstance(path_or_hub_file, Path) or os.path.isabs(text) or text.startswith((".", "~")):
+        raise FileNotFoundError(f"no checkpoint file at {text}")
+    if text in OFFICIAL_CHECKPOINTS:
+        repo_id, filename = OFFICIAL_CHECKPOINTS[text]
+    else:
+        hub = text.removeprefix("hf://")
+        parts = hub.split("/")
+        if len(parts) < 3:
+            raise FileNotFoundError(
+                f"{text!r} is neither a file, an alias ({', '.join(OFFICIAL_CHECKPOINTS)}) nor 'owner/repo/file.pkl'"
+            )
+        repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id=repo_id, filename=filename, **hub_kwargs))
+
+
+def load_crystalformer_checkpoint(path_or_hub_file, config=None, model_class=None, dtype=torch.float32, **hub_kwargs):
+    """Read an official checkpoint and return a `CrystalFormerForCrystalGeneration` (in eval mode)."""
+    if model_class is None:
+        from .modeling_crystalformer import CrystalFormerForCrystalGeneration as model_class
+    path = resolve_checkpoint_path(path_or_hub_file, **hub_kwargs)
+    params = load_checkpoint_pickle(path)["params"]
+    config = infer_config(params, config)
+    state_dict = convert_params(params, config, dtype=dtype)
+    model = model_class(config).to(dtype)
+    expected = model.state_dict()
+    for key, tensor in state_dict.items():
+        if expected[key].shape != tensor.shape:
+            raise ValueError(
+                f"{key}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "checkpoint",
+        help=f"official checkpoint: a local .pkl, an alias ({', '.join(OFFICIAL_CHECKPOINTS)}) "
+        "or a Hub file 'owner/repo/path.pkl'",
+    )
+    parser.add_argument("output_dir", nargs="?", default=None, help="where to write config.json + model.safetensors")
+    parser.add_argument(
+        "--output-dir", dest="output_dir_option", metavar="OUTPUT_DIR", default=None, help="same as OUTPUT_DIR"
+    )
+    parser.add_argument(
+        "--config", default=None, help="JSON with hyper-parameters (HF or reference make_transformer names)"
+    )
+    parser.add_argument("--num-heads", type=int, default=None, help="attention heads (not inferable from shapes)")
+    parser.add_argument("--key-size", type=int, default=None, help="per-head size (not inferable from shapes)")
+    parser.add_argument("--Kx", type=int, default=None, help="von Mises components (default 16)")
+    parser.add_argument("--n-max", type=int, default=None, help="sites per crystal (default 21)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--cache-dir", default=None, help="Hugging Face cache directory for Hub downloads")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload to this Hub repo")
+    return parser
+
+
+def run_convert(args: argparse.Namespace):
+    output_dir = getattr(args, "output_dir_option", None) or args.output_dir
+    if output_dir is None:
+        raise SystemExit("convert: give an output directory (OUTPUT_DIR or --output-dir)")
+    config = _as_config_kwargs(args.config)
+    for key, value in (
+        ("num_attention_heads", args.num_heads),
+        ("head_dim", args.key_size),
+        ("num_coord_components", args.Kx),
+        ("n_max", args.n_max),
+    ):
+        if value is not None:
+            config[key] = value
+    hub_kwargs = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    model = load_crystalformer_checkpoint(
+        args.checkpoint, config=config or None, dtype=getattr(torch, args.dtype), **hub_kwargs
+    )
+    model.save_pretrained(output_dir)
+    if args.push_to_hub:
+        model.push_to_hub(args.push_to_hub)
+    print(
+        json.dumps(
+            {
+                "output_dir": str(output_dir),
+                "parameters": model.num_parameters(),
+                "num_hidden_layers": model.config.num_hidden_layers,
+                "position_embedding_type": model.config.position_embedding_type,
+            }
+        )
+    )
+    return model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    run_convert(add_convert_arguments(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""CrystalFormer-RL on TRL: ``RLOOTrainer`` with crystals instead of text and an EMA baseline.
+
+The paper's objective E[r(x) − τ·ln(pθ(x)/p_base(x))] maps onto TRL 1.16's RLOO machinery (see
+``../shared/docs/trl-rloo-subclassing.md``): TRL keeps the dataloader, the μ-times reuse of each generation
+batch, the reward-function protocol (``_calculate_rewards``, gathered across processes), the optimizer,
+checkpointing and logging. We replace the two methods that touch text:
+
+* ``_generate_and_score_completions``: sample crystals with CrystalFormer's own sampler (one space group per
+  prompt row), score them, fold the KL into the reward (or keep it for the loss), and subtract the EMA baseline;
+* ``_compute_loss``: sequence-level PPO ratio of the crystal log-likelihood, clipped at ε.
+
+The frozen base model p_base is built from the policy *before* TRL's constructor runs (TRL would reload it by
+name, and a copy taken afterwards shares the patched forward, which silently gives KL ≡ 0).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from accelerate.utils import gather
+from datasets import Dataset
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers.utils import logging
+from trl import RLOOTrainer
+
+from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
+from ..tokenization import CrystalTokenizer, CrystalTokens, WyckoffTables
+from .crystal_rloo_config import CrystalRLConfig
+
+
+logger = logging.get_logger(__name__)
+EMA_STATE_NAME = "ema_baseline.json"
+TOKEN_KEYS = ("G", "W", "A", "XYZ", "L")
+
+
+class CrystalProcessingClass(PreTrainedTokenizerBase):
+    """The minimal text-tokenizer face TRL asks of ``processing_class``, wrapping a :class:`CrystalTokenizer`.
+
+    TRL only needs pad/eos tokens and ``save_pretrained``; saving writes the crystal tokenizer's config so every
+    checkpoint carries it.
+    """
+
+    def __init__(self, crystal_tokenizer: CrystalTokenizer | None = None, **kwargs):
+        self.crystal_tokenizer = crystal_tokenizer or CrystalTokenizer()
+        self._vocab = {"<pad>": 0, "<eos>": 1}
+        super().__init__(pad_token="<pad>", eos_token="<eos>", padding_side="left", **kwargs)
+
+    def _convert_token_to_id_with_added_voc(self, token):
+        return self._vocab.get(token, 0)
+
+    def _convert_token_to_id(self, token):
+        return self._vocab.get(token, 0)
+
+    def __len__(self):
+        return len(self._vocab)
+
+    def get_vocab(self):
+        return dict(self._vocab)
+
+    def batch_decode(self, sequences, **kwargs):
+        return [str(s) for s in sequences]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        self.crystal_tokenizer.save_pretrained(save_directory)
+        return (os.path.join(save_directory, "tokenizer_config.json"),)
+
+
+def space_group_prompts(space_groups: Sequence[int], extra_columns: dict[str, Sequence] | None = None) -> Dataset:
+    """Prompt dataset: one row per space group. TRL draws rows uniformly, so pass the training set's column of
+    space groups (with repeats) to sample the training distribution, or a list of groups to sample uniformly."""
+    groups = [int(g) for g in space_groups]
+    bad = [g for g in groups if not 1 <= g <= 230]
+    if bad:
+        raise ValueError(f"space groups must be in 1..230, got {bad[:5]}")
+    return Dataset.from_dict({"prompt": groups, **(extra_columns or {})})
+
+
+def disable_all_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout, including functional attention dropout (TRL's ``disable_dropout`` only reaches
+    ``nn.Dropout``): sampling, old log-probs and the loss must all see the same deterministic model."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = 0.0
+    for name in ("attention_dropout", "hidden_dropout", "dropout_rate", "attn_dropout"):
+        if hasattr(model.config, name):
+            setattr(model.config, name, 0.0)
+
+
+class CrystalRLOOTrainer(RLOOTrainer):
+    """Reinforcement fine-tuning of a CrystalFormer model with reward callables (``crystalformer_rl.reward_models``).
+
+    Args:
+        model: the policy (a model or a path / Hub id to ``from_pretrained``).
+        reward_funcs: TRL reward callables ``f(prompts, completions, completion_ids, **kw) -> list[float | None]``;
+            completions are :class:`CrystalTokens` (``.to_structure()`` gives the pymatgen structure).
+        args: :class:`CrystalRLConfig`.
+        train_dataset: prompts (``space_group_prompts``); defaults to ``args.space_groups`` or all 230 groups.
+        ref_model: p_base; defaults to a frozen copy of the policy as passed in.
+        rollout_fn: optional ``f(model, prompt_rows: list[dict]) -> dict of G, W, A, XYZ, L`` replacing the
+            sampler (e.g. to feed fixed crystals, as the multi-process test does).
+    """
+
+    _tag_names = ["trl", "rloo", "crystalformer-rl"]
+
+    def __init__(
+        self,
+        model: CrystalFormerForCrystalGeneration | str,
+        reward_funcs: Callable | list[Callable],
+        args: CrystalRLConfig | None = None,
+        train_dataset: Dataset | None = None,
+        ref_model: CrystalFormerForCrystalGeneration | None = None,
+        crystal_tokenizer: CrystalTokenizer | None = None,
+        callbacks=None,
+        optimizers=(None, None),
+        rollout_fn: Callable | None = None,
+    ):
+        args = args or CrystalRLConfig(output_dir="crystalformer-rl")
+        if isinstance(model, (str, os.PathLike)):
+            model = CrystalFormerForCrystalGeneration.from_pretrained(model)
+        if args.disable_dropout:
+            disable_all_dropout(model)
+        # The symmetry tables are constant buffers (some boolean, which gloo cannot broadcast): DDP skips them.
+        model._ddp_params_and_buffers_to_ignore = [name for name, _ in model.named_buffers()]
+        if getattr(model, "generation_config", None) is None:
+            model.generation_config = GenerationConfig()
+        # p_base: copied before TRL patches the policy's forward (a later copy would share it: KL ≡ 0).
+        ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
+        ref_model.requires_grad_(False).eval()
+        if train_dataset is None:
+            train_dataset = space_group_prompts(args.space_groups or range(1, 231))
+        self.crystal_tokenizer = crystal_tokenizer or CrystalTokenizer(n_max=model.config.n_max)
+        self.rollout_fn = rollout_fn
+
+        tau = args.beta
+        args.beta = 0.0  # stop TRL from loading a reference model by name; ours is attached below
+        try:
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                processing_class=CrystalProcessingClass(self.crystal_tokenizer),
+                callbacks=callbacks,
+                optimizers=optimizers,
+            )
+        finally:
+            args.beta = tau
+        self.beta = tau
+        if self.is_deepspeed_enabled:
+            from trl.models import prepare_deepspeed
+
+            self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
+        else:
+            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self.ema_baseline: float | None = None
+        self._element_mask = args.elements
+
+    # ------------------------------------------------------------------------------------------ rollouts
+    @torch.no_grad()
+    def _sample(self, space_groups: torch.Tensor, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        policy = self.accelerator.unwrap_model(self.model)
+        if self.rollout_fn is not None:
+            tokens = self.rollout_fn(policy, inputs)
+        else:
+            # Draw from the global RNG (checkpointed by the Trainer, so resumes replay it) and decorrelate ranks,
+            # which the Trainer seeds identically.
+            seed = (int(torch.randint(0, 2**62, (1,))) + 1_000_003 * self.accelerator.process_index) % 2**62
+            out = policy.sample(
+                space_group=space_groups,
+                seed=seed,
+                temperature=self.args.temperature,
+                top_p=self.args.top_p,
+                elements=self._element_mask,
+            )
+            tokens = {k: getattr(out, k) for k in TOKEN_KEYS}
+        device = self.accelerator.device
+        tokens = {k: torch.as_tensor(tokens[k]).to(device) for k in TOKEN_KEYS}
+        # Trim the padding shared by every crystal (keep one site for the lattice read-out).
+        length = min(int((tokens["W"] > 0).sum(1).max()) + 1, tokens["W"].shape[1])
+        for k in ("W", "A", "XYZ"):
+            tokens[k] = tokens[k][:, :length]
+        tokens["XYZ"] = tokens["XYZ"].float()
+        tokens["L"] = tokens["L"].float()
+        return tokens
+
+    @torch.no_grad()
+    def _sequence_logp(self, model, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**{k: tokens[k] for k in TOKEN_KEYS}).logp.float()
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        mode = "train" if self.model.training else "eval"
+        device = self.accelerator.device
+        prompts = [int(x["prompt"]) for x in inputs]
+
+        start = time.perf_counter()
+        tokens = self._sample(torch.tensor(prompts, device=device), inputs)
+        sampling_s = time.perf_counter() - start
+
+        old_logps = self._sequence_logp(self.model, tokens)
+        ref_logps = self._sequence_logp(self.ref_model, tokens)
+
+        completions = [
+            CrystalTokens(int(g), w, a, xyz, lat)
+            for g, w, a, xyz, lat in zip(*(tokens[k].detach().cpu().numpy() for k in TOKEN_KEYS))
+        ]
+        start = time.perf_counter()
+        rewards_per_func = self._calculate_rewards(inputs, prompts, completions, [None] * len(prompts))
+        scoring_s = time.perf_counter() - start
+
+        rewards = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+        scorable = ~torch.isnan(rewards_per_func).all(dim=1)
+        rewards = torch.where(scorable, rewards, torch.full_like(rewards, float("nan")))
+
+        kl = gather(old_logps - ref_logps)  # ln pθ(x) − ln p_base(x), one per crystal
+        shaped = rewards if self.args.kl_in_loss else rewards - self.beta * kl
+        advantages, baseline = self._advantages(shaped, rewards, scorable, mode)
+
+        process_slice = slice(
+            self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
+        )
+        self._log_rollout(mode, rewards, rewards_per_func, kl, baseline, scorable, tokens, sampling_s, scoring_s)
+        return {
+            **tokens,
+            "old_logps": old_logps,
+            "ref_logps": ref_logps,
+            "advantages": advantages[process_slice],
+        }
+
+    def _advantages(self, shaped, rewards, scorable, mode):
+        """A = R − b. Unscorable crystals get A = 0 (they neither pull nor push)."""
+        if self.args.baseline == "rloo":
+            grouped = torch.where(scorable, shaped, torch.zeros_like(shaped)).view(-1, self.num_generations)
+            counts = scorable.view(-1, self.num_generations).sum(1, keepdim=True)
+            loo = (grouped.sum(1, keepdim=True) - grouped) / (counts - 1).clamp(min=1)
+            advantages = (grouped - loo).view(-1)
+            baseline = loo.mean().item()
+        else:
+            # The paper's EMA over the KL-shaped reward; the reference code's variant takes it over the raw reward.
+            source = rewards if self.args.kl_in_loss else shaped
+            batch_mean = source[scorable].mean().item() if scorable.any() else float("nan")
+            baseline = self.ema_baseline
+            if mode == "train" and math.isfinite(batch_mean):
+                decay = self.args.ema_decay
+                baseline = batch_mean if baseline is None else decay * baseline + (1 - decay) * batch_mean
+                self.ema_baseline = baseline
+            baseline = batch_mean if baseline is None else baseline
+            advantages = shaped - baseline
+        advantages = torch.where(scorable, advantages, torch.zeros_like(advantages))
+        return torch.nan_to_num(advantages, nan=0.0), baseline
+
+    def _log_rollout(self, mode, rewards, rewards_per_func, kl, baseline, scorable, tokens, sampling_s, scoring_s):
+        metrics = self._metrics[mode]
+        valid = rewards[scorable]
+        metrics["reward"].append(valid.mean().item() if len(valid) else float("nan"))
+        metrics["reward_std"].append(valid.std().item() if len(valid) > 1 else 0.0)
+        metrics["kl"].append(kl.mean().item())
+        metrics["baseline"].append(float(baseline))
+        metrics["valid_fraction"].append(scorable.float().mean().item())
+        for i, name in enumerate(self.reward_func_names):
+            metrics[f"rewards/{name}/mean"].append(torch.nanmean(rewards_per_func[:, i]).item())
+        mult = torch.tensor(WyckoffTables.load().mult, device=tokens["W"].device)
+        num_atoms = mult[tokens["G"].unsqueeze(1) - 1, tokens["W"]].sum(1).float()
+        metrics["num_atoms"].append(gather(num_atoms).mean().item())
+        metrics["time/sampling_s"].append(sampling_s)
+        metrics["time/scoring_s"].append(scoring_s)
+
+    # ------------------------------------------------------------------------------------------- the loss
+    def _compute_loss(self, model, inputs):
+        start = time.perf_counter()
+        logps = model(**{k: inputs[k] for k in TOKEN_KEYS}).logp.float()
+        advantages = inputs["advantages"]
+        if self.args.kl_in_loss:  # reference code: KL with gradient inside the advantage
+            advantages = advantages - self.beta * (logps - inputs["ref_logps"])
+        ratio = torch.exp(logps - inputs["old_logps"])
+        low, high = 1 - self.epsilon_low, 1 + self.epsilon_high
+        clipped = torch.clamp(ratio, low, high)
+        loss = -torch.min(ratio * advantages, clipped * advantages).mean()
+
+        mode = "train" if self.model.training else "eval"
+        is_clipped = ((ratio < low) & (advantages < 0)) | ((ratio > high) & (advantages > 0))
+        self._metrics[mode]["clip_fraction"].append(self.accelerator.gather(is_clipped.float()).mean().item())
+        self._metrics[mode]["ratio"].append(self.accelerator.gather(ratio.detach()).mean().item())
+        self._metrics[mode]["time/update_s"].append(time.perf_counter() - start)
+        return loss
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            state = {
+                "ema_baseline": self.ema_baseline,
+                "step": self.state.global_step,
+                "base_model_fingerprint": self._base_fingerprint(),
+            }
+            tmp = os.path.join(folder, EMA_STATE_NAME + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump(state, f)
+            os.replace(tmp, os.path.join(folder, EMA_STATE_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, EMA_STATE_NAME)
+        if os.path.exists(path):
+            with open(path) as f:
+                state = json.load(f)
+            self.ema_baseline = state["ema_baseline"]
+            saved = state.get("base_model_fingerprint")
+            if saved is not None and not math.isclose(saved, self._base_fingerprint(), rel_tol=1e-9):
+                logger.warning(
+                    "p_base differs from the base model of the run being resumed: pass the same base model (not the "
+                    "checkpoint) as `model`; the checkpoint's weights are loaded into the policy only."
+                )
+
+    def _base_fingerprint(self) -> float:
+        ref = self.accelerator.unwrap_model(self.ref_model)
+        return float(sum(p.double().sum().item() + p.double().square().sum().item() for p in ref.parameters()))
+
+    def create_model_card(self, model_name: str | None = None, **kwargs):
+        """A model card naming the base model, the rewards and τ (TRL's text-LM card does not apply)."""
+        if not self.is_world_process_zero():
+            return
+        policy = self.accelerator.unwrap_model(self.model)
+        base = getattr(policy.config, "_name_or_path", "") or "CrystalFormer"
+        rewards = ", ".join(
+            f"{n} (weight {w:g})" for n, w in zip(self.reward_func_names, self.reward_weights.tolist())
+        )
+        card = MODEL_CARD.format(
+            name=model_name or os.path.basename(self.args.output_dir),
+            base=base,
+            rewards=rewards,
+            tau=self.beta,
+            epsilon=self.epsilon_low,
+            mu=self.num_iterations,
+            baseline=self.args.baseline,
+            ema=self.args.ema_decay,
+            lr=self.args.learning_rate,
+            batch=self.args.per_device_train_batch_size * self.accelerator.num_processes,
+            steps=self.state.global_step,
+            kl="inside the loss with gradient (reference code)" if self.args.kl_in_loss else "in the reward (paper)",
+        )
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w") as f:
+            f.write(card)
+
+
+MODEL_CARD = """---
+library_name: crystalformer-rl
+tags: [crystalformer, crystal-generation, materials, reinforcement-learning, trl, rloo]
+base_model: {base}
+---
+
+# {name}
+
+CrystalFormer fine-tuned by reinforcement learning with
+[crystalformer-rl](https://github.com/crystalformer-rl/crystalformer-rl) (CrystalFormer-RL, Cao & Wang,
+arXiv 2504.02367): maximise E[r(x) − τ·ln(pθ(x)/p_base(x))] with PPO clipping and a moving-average baseline.
+
+| setting | value |
+|---|---|
+| base model | `{base}` |
+| reward | {rewards} |
+| τ (KL coefficient) | {tau} |
+| KL term | {kl} |
+| PPO clip ε / updates per batch μ | {epsilon} / {mu} |
+| baseline | {baseline} (η = {ema}) |
+| learning rate / crystals per step | {lr} / {batch} |
+| optimizer steps | {steps} |
+
+```python
+from crystalformer_rl.modeling_crystalformer import CrystalFormerForCrystalGeneration
+model = CrystalFormerForCrystalGeneration.from_pretrained("<this repo>")
+crystals = model.sample(space_group=225, num_samples=10)
+```
+"""

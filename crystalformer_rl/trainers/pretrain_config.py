@@ -1,0 +1,37 @@
+"""Configuration of CrystalFormer pretraining; its help strings are the ``crystalformer-rl pretrain`` CLI docs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class CrystalPretrainConfig(TrainingArguments):
+    """Maximum-likelihood pretraining of CrystalFormer on tokenized crystals (reference doc §3).
+
+    Loss = −mean log p(XYZ) − λ_a·mean log p(A) − λ_w·mean log p(W) − λ_l·mean log p(L); Adam (no weight decay),
+    global gradient-norm clip 1, dropout as configured in the model. Batches are padded only to their longest
+    crystal (plus the lattice read-out site).
+    """
+
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate (reference default 1e-4)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Plain Adam, as the reference (no weight decay)."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam β2."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Global gradient-norm clip (reference: 1)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule."})
+    per_device_train_batch_size: int = field(default=100, metadata={"help": "Crystals per batch (reference: 100)."})
+    per_device_eval_batch_size: int = field(default=200, metadata={"help": "Crystals per validation batch."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to compute the validation NLL."})
+    eval_steps: float = field(default=500, metadata={"help": "Validate every N optimizer steps."})
+    save_steps: float = field(default=500, metadata={"help": "Checkpoint (safetensors) every N optimizer steps."})
+    save_total_limit: int | None = field(default=3, metadata={"help": "Keep this many checkpoints."})
+    logging_steps: float = field(default=50, metadata={"help": "Log the training NLL terms every N steps."})
+    report_to: str | list[str] = field(default="none", metadata={"help": "Trackers to report to."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "The collator picks the token columns."})
+    dataloader_drop_last: bool = field(default=True, metadata={"help": "Drop the incomplete last batch."})
+    pad_to_n_max: bool = field(
+        default=False,
+        metadata={"help": "Pad every batch to n_max sites as the reference does (slower; for benchmarks)."},
+    )

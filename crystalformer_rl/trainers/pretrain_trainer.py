@@ -1,0 +1,142 @@
+"""Pretraining CrystalFormer with the HF ``Trainer``: the model's own NLL is the loss.
+
+``Trainer`` brings Adam, gradient clipping, safetensors checkpoints, resume, accelerate (DDP / DeepSpeed) and
+``datasets`` streaming; we add the crystal collator (padding per batch), the per-term training and validation
+NLL (W, A, XYZ, L), and a loss-curve plot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer
+
+from ..tokenization import CrystalCollator
+from .pretrain_config import CrystalPretrainConfig
+
+
+TERMS = ("loss_w", "loss_a", "loss_xyz", "loss_l")
+
+
+class CrystalPretrainer(Trainer):
+    """``Trainer`` for CrystalFormer: rows with G, W, A, XYZ, L in, NLL per term logged."""
+
+    def __init__(self, model, args: CrystalPretrainConfig, train_dataset=None, eval_dataset=None, **kwargs):
+        n_max = model.config.n_max
+        collator = kwargs.pop("data_collator", None) or PaddingCollator(n_max, pad_to_n_max=args.pad_to_n_max)
+        # Constant symmetry tables are buffers (some boolean, which gloo cannot broadcast): DDP skips them.
+        model._ddp_params_and_buffers_to_ignore = [name for name, _ in model.named_buffers()]
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=collator,
+            **kwargs,
+        )
+        self._term_sums = defaultdict(float)
+        self._term_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if model.training:
+            for term in TERMS:
+                self._term_sums[term] += outputs[term].detach().float().item()
+            self._term_count += 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._term_count and "loss" in logs:
+            for term in TERMS:
+                logs[f"train_{term}"] = round(self._term_sums[term] / self._term_count, 4)
+            self._term_sums.clear()
+            self._term_count = 0
+        super().log(logs, *args, **kwargs)
+
+    @torch.no_grad()
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Mean validation NLL per crystal, total and per term (weighted by batch size)."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            return {}
+        loader = self.accelerator.prepare(
+            DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator)
+        )
+        model = self.model
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(len(TERMS) + 2, device=self.args.device, dtype=torch.float64)
+        for batch in loader:
+            batch = self._prepare_inputs(batch)
+            out = model(**batch)
+            sums += _weighted(out, batch["G"].shape[0], sums.device)
+        model.train(was_training)
+        sums = self.accelerator.reduce(sums, reduction="sum")
+        count = max(sums[-1].item(), 1.0)
+        metrics = {f"{metric_key_prefix}_loss": sums[0].item() / count}
+        for i, term in enumerate(TERMS):
+            metrics[f"{metric_key_prefix}_{term}"] = sums[i + 1].item() / count
+        metrics[f"{metric_key_prefix}_crystals"] = int(count)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def _weighted(out, size: int, device) -> torch.Tensor:
+    values = [out.loss, *(out[t] for t in TERMS)]
+    return torch.stack([v.double() * size for v in values] + [torch.tensor(float(size), device=device).double()])
+
+
+class PaddingCollator(CrystalCollator):
+    """Crystal collator; ``pad_to_n_max`` reproduces the reference's fixed-length batches (for benchmarks)."""
+
+    def __init__(self, n_max: int = 21, pad_to_n_max: bool = False):
+        super().__init__(n_max=n_max, return_tensors="pt")
+        self.pad_to_n_max = pad_to_n_max
+
+    def __call__(self, examples):
+        batch = super().__call__(examples)
+        if self.pad_to_n_max and batch["W"].shape[1] < self.n_max:
+            extra = self.n_max - batch["W"].shape[1]
+            batch["W"] = torch.nn.functional.pad(batch["W"], (0, extra))
+            batch["A"] = torch.nn.functional.pad(batch["A"], (0, extra))
+            batch["XYZ"] = torch.nn.functional.pad(batch["XYZ"], (0, 0, 0, extra))
+        return batch
+
+
+def plot_loss_curves(log_history: list[dict], path: str | os.PathLike) -> None:
+    """Training and validation NLL per term against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 5, figsize=(20, 3.6))
+    for ax, key in zip(axes, ("loss", *TERMS)):
+        train = [
+            (h["step"], h[key if key == "loss" else f"train_{key}"])
+            for h in log_history
+            if (key if key == "loss" else f"train_{key}") in h
+        ]
+        valid = [(h["step"], h[f"eval_{key}"]) for h in log_history if f"eval_{key}" in h]
+        if train:
+            ax.plot(*zip(*train), label="train", alpha=0.7)
+        if valid:
+            ax.plot(*zip(*valid), "o-", label="validation")
+        ax.set_title(key.replace("loss", "NLL"))
+        ax.set_xlabel("step")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_log_history(log_history: list[dict], path: str | os.PathLike) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(log_history, f, indent=1)
+    os.replace(tmp, path)
