@@ -26,9 +26,9 @@ from crystalformer_rl.trainers import CrystalPretrainConfig, CrystalPretrainer, 
 
 
 CANDIDATES = {
-    "xs": dict(num_layers=2, num_heads=4, key_size=16, model_size=64, embed_size=32, h0_size=64),
-    "s": dict(num_layers=4, num_heads=4, key_size=32, model_size=64, embed_size=32, h0_size=128),
-    "m": dict(num_layers=4, num_heads=8, key_size=32, model_size=128, embed_size=32, h0_size=256),
+    "xs": {"num_layers": 2, "num_heads": 4, "key_size": 16, "model_size": 64, "embed_size": 32, "h0_size": 64},
+    "s": {"num_layers": 4, "num_heads": 4, "key_size": 32, "model_size": 64, "embed_size": 32, "h0_size": 128},
+    "m": {"num_layers": 4, "num_heads": 8, "key_size": 32, "model_size": 128, "embed_size": 32, "h0_size": 256},
 }
 
 

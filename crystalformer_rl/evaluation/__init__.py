@@ -1,0 +1,59 @@
+"""Evaluation of generated crystals: validity (CDVAE), uniqueness, novelty, stability (E_hull) and S.U.N.
+
+Typical use::
+
+    from crystalformer_rl.evaluation import evaluate_crystals
+
+    result = evaluate_crystals("samples.csv", reference="data/corpus/train.parquet", relax=True)
+    result.save("eval/")            # structures.csv / .parquet, summary.json, plots
+    print(result.summary["frac_sun"], result.summary["sun_per_second"])
+"""
+
+from .evaluate import (
+    DEFAULT_REFERENCE,
+    EvaluationResult,
+    add_evaluate_arguments,
+    evaluate_crystals,
+    evaluate_structures,
+    run_evaluate,
+    summarize,
+)
+from .io import LoadedCrystals, load_crystals
+from .matching import ReferenceIndex, deduplicate, novelty, reduced_formula, space_group_number
+from .plots import plot_ehull_histogram, plot_property_scatter, plot_space_group_bars
+from .stability import compute_ehull, default_ehull_fn, default_relax_fn, relax_structures
+from .validity import (
+    check_composition_validity,
+    check_structure_validity,
+    composition_validity,
+    structure_validity,
+)
+
+
+__all__ = [
+    "DEFAULT_REFERENCE",
+    "EvaluationResult",
+    "LoadedCrystals",
+    "ReferenceIndex",
+    "add_evaluate_arguments",
+    "check_composition_validity",
+    "check_structure_validity",
+    "composition_validity",
+    "compute_ehull",
+    "deduplicate",
+    "default_ehull_fn",
+    "default_relax_fn",
+    "evaluate_crystals",
+    "evaluate_structures",
+    "load_crystals",
+    "novelty",
+    "plot_ehull_histogram",
+    "plot_property_scatter",
+    "plot_space_group_bars",
+    "reduced_formula",
+    "relax_structures",
+    "run_evaluate",
+    "space_group_number",
+    "structure_validity",
+    "summarize",
+]

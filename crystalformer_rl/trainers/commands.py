@@ -22,10 +22,10 @@ REWARDS = {
     "figure_of_merit": "crystalformer_rl.reward_models:FigureOfMeritReward",
 }
 MODEL_SIZES = {
-    "paper": dict(),  # the Alex-20 configuration, 4,833,575 parameters
-    "xs": dict(num_layers=2, num_heads=4, key_size=16, model_size=64, embed_size=32, h0_size=64),
-    "s": dict(num_layers=4, num_heads=4, key_size=32, model_size=64, embed_size=32, h0_size=128),
-    "m": dict(num_layers=4, num_heads=8, key_size=32, model_size=128, embed_size=32, h0_size=256),
+    "paper": {},  # the Alex-20 configuration, 4,833,575 parameters
+    "xs": {"num_layers": 2, "num_heads": 4, "key_size": 16, "model_size": 64, "embed_size": 32, "h0_size": 64},
+    "s": {"num_layers": 4, "num_heads": 4, "key_size": 32, "model_size": 64, "embed_size": 32, "h0_size": 128},
+    "m": {"num_layers": 4, "num_heads": 8, "key_size": 32, "model_size": 128, "embed_size": 32, "h0_size": 256},
 }
 
 

@@ -1,0 +1,166 @@
+"""Figures of an evaluation: E_hull histograms of several models overlaid (paper Fig. 3), space-group bars and a
+property scatter (paper Fig. 6a). Matplotlib with the Agg backend; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_write_bytes
+
+
+__all__ = ["plot_ehull_histogram", "plot_property_scatter", "plot_space_group_bars"]
+
+
+def _figure(figsize: tuple[float, float]):
+    """A figure on an Agg canvas, outside pyplot: no global backend switch, nothing left open."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _finite(values: Sequence[Any]) -> np.ndarray:
+    out = []
+    for v in values:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(x):
+            out.append(x)
+    return np.asarray(out, dtype=float)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=(path.suffix.lstrip(".") or "png"), dpi=150, bbox_inches="tight")
+    return atomic_write_bytes(buffer.getvalue(), path)
+
+
+def plot_ehull_histogram(
+    ehulls: Mapping[str, Sequence[float | None]] | Sequence[float | None],
+    path: str | os.PathLike,
+    bins: int = 60,
+    value_range: tuple[float, float] = (-0.2, 1.0),
+    threshold: float | None = 0.1,
+    density: bool = True,
+    title: str | None = None,
+) -> Path:
+    """Overlaid E_hull histograms, one per model (``{"base": [...], "RL": [...]}``), as the paper's Fig. 3.
+
+    Values outside ``value_range`` are clipped into the edge bins (so every sample is counted) and ``None``/NaN
+    are dropped; ``density`` makes models with different sample counts comparable. ``threshold`` draws the
+    stability cut.
+    """
+    series = ehulls if isinstance(ehulls, Mapping) else {"samples": ehulls}
+    fig, ax = _figure((6, 4))
+    edges = np.linspace(value_range[0], value_range[1], bins + 1)
+    for k, (label, values) in enumerate(series.items()):
+        x = _finite(values)
+        if x.size == 0:
+            continue
+        x = np.clip(x, value_range[0], value_range[1])
+        color = f"C{k % 10}"
+        ax.hist(x, bins=edges, density=density, alpha=0.35, color=color, histtype="stepfilled")
+        ax.hist(
+            x, bins=edges, density=density, color=color, histtype="step", linewidth=1.2, label=f"{label} (n={x.size})"
+        )
+    if threshold is not None:
+        ax.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"{threshold} eV/atom")
+    ax.set_xlabel(r"$E_\mathrm{hull}$ (eV/atom)")
+    ax.set_ylabel("density" if density else "count")
+    ax.set_xlim(*value_range)
+    if title:
+        ax.set_title(title)
+    ax.legend(frameon=False)
+    return _save(fig, path)
+
+
+def plot_space_group_bars(
+    space_groups: Mapping[str, Sequence[int | None]] | Sequence[int | None],
+    path: str | os.PathLike,
+    top: int = 20,
+    normalize: bool = True,
+    title: str | None = None,
+) -> Path:
+    """Bars of the ``top`` most frequent space groups (grouped bars when several models are given)."""
+    series = space_groups if isinstance(space_groups, Mapping) else {"samples": space_groups}
+    counts = {
+        label: Counter(int(g) for g in values if g is not None and not (isinstance(g, float) and math.isnan(g)))
+        for label, values in series.items()
+    }
+    total: Counter = Counter()
+    for c in counts.values():
+        total.update({g: n / max(sum(c.values()), 1) for g, n in c.items()})
+    groups = [g for g, _ in total.most_common(top)]
+    fig, ax = _figure((max(6, 0.35 * len(groups) * max(1, len(series))), 4))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    for k, (label, c) in enumerate(counts.items()):
+        n = max(sum(c.values()), 1)
+        heights = [c.get(g, 0) / (n if normalize else 1) for g in groups]
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width=width, label=label)
+    ax.set_xticks(x, [str(g) for g in groups], rotation=90 if len(groups) > 12 else 0)
+    ax.set_xlabel("space group")
+    ax.set_ylabel("fraction" if normalize else "count")
+    if title:
+        ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(frameon=False)
+    return _save(fig, path)
+
+
+def plot_property_scatter(
+    x: Sequence[float | None],
+    y: Sequence[float | None],
+    path: str | os.PathLike,
+    xlabel: str = "x",
+    ylabel: str = "y",
+    groups: Sequence[str] | None = None,
+    product_isolines: Sequence[float] = (),
+    logy: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Scatter of two properties, coloured by ``groups`` (e.g. model name), as the paper's Fig. 6a.
+
+    ``product_isolines`` draws curves x·y = c (the figure of merit ε·E_g of the dielectric task). Points with a
+    missing coordinate are dropped.
+    """
+    xs = np.array([np.nan if v is None else float(v) for v in x], dtype=float)
+    ys = np.array([np.nan if v is None else float(v) for v in y], dtype=float)
+    if len(xs) != len(ys):
+        raise ValueError(f"x and y differ in length ({len(xs)} vs {len(ys)})")
+    labels = np.array(list(groups) if groups is not None else ["samples"] * len(xs), dtype=object)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    fig, ax = _figure((5, 4))
+    for label in dict.fromkeys(labels[ok]):
+        m = ok & (labels == label)
+        ax.scatter(xs[m], ys[m], s=10, alpha=0.6, label=str(label))
+    if product_isolines and ok.any():
+        lo = max(float(np.nanmin(xs[ok])), 1e-3)
+        grid = np.linspace(lo, float(np.nanmax(xs[ok])), 200)
+        for c in product_isolines:
+            ax.plot(grid, c / grid, "k--", linewidth=0.8)
+            ax.annotate(f"{c:g}", (grid[-1], c / grid[-1]), fontsize=7)
+        ax.set_ylim(float(np.nanmin(ys[ok])) * 0.9 if logy else None, float(np.nanmax(ys[ok])) * 1.1)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if groups is not None:
+        ax.legend(frameon=False)
+    return _save(fig, path)

@@ -1,0 +1,197 @@
+"""Energy above hull of samples, unrelaxed and after MLIP relaxation, through the project's reward models.
+
+The evaluation never talks to an MLIP directly: it takes two callables,
+
+* ``ehull_fn(structures) -> list[float | None]`` (E_hull in eV/atom, ``None`` when a structure cannot be scored),
+* ``relax_fn(structures) -> list[tuple[Structure, float] | None]`` (relaxed structure and its total energy),
+
+which default to :class:`crystalformer_rl.reward_models.EhullReward` and its energy model. Tests inject cheap
+fakes; a run can inject any model. Every failure is kept as a reason string, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pymatgen.core import Structure
+from tqdm.auto import tqdm
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EhullFn", "RelaxFn", "compute_ehull", "default_ehull_fn", "default_relax_fn", "relax_structures"]
+
+EhullFn = Callable[[list[Structure]], Sequence[Any]]
+RelaxFn = Callable[[list[Structure]], Sequence[Any]]
+
+
+def _ehull_reward_class() -> type:
+    try:
+        from ..reward_models import EhullReward
+    except ImportError:  # the package may not re-export it
+        from ..reward_models.ehull import EhullReward
+    return EhullReward
+
+
+def _default_reward(**kwargs: Any):
+    return _ehull_reward_class()(**kwargs)
+
+
+def default_ehull_fn(reward: Any | None = None, **kwargs: Any) -> EhullFn:
+    """E_hull through ``EhullReward`` (``EhullReward(**kwargs)`` unless ``reward`` is given), keeping its reasons.
+
+    The reward is built here, so a model or hull that cannot load fails once, now, instead of once per structure.
+    """
+    reward = reward if reward is not None else _default_reward(**kwargs)
+
+    def ehull_fn(structures: list[Structure]) -> list[Any]:
+        if hasattr(reward, "compute_with_reasons"):
+            return list(reward.compute_with_reasons(structures))
+        return list(reward.compute(structures))
+
+    ehull_fn.reward = reward  # type: ignore[attr-defined]  # lets default_relax_fn reuse the loaded model
+    return ehull_fn
+
+
+def _energy_model_of(reward: Any) -> Any:
+    for name in ("calculator", "energy_model", "model", "potential"):
+        model = getattr(reward, name, None)
+        if model is not None and callable(getattr(model, "relax", None)):
+            return model
+    return None
+
+
+def default_relax_fn(
+    fmax: float = 0.1, steps: int = 500, ehull_fn: EhullFn | None = None, reward: Any | None = None
+) -> RelaxFn:
+    """Relax with the energy model of ``EhullReward`` (FIRE + FrechetCellFilter), so relaxed E_hull is consistent.
+
+    The reward is ``reward``, else the one behind ``ehull_fn`` (from :func:`default_ehull_fn`), else a new
+    ``EhullReward()``. When it exposes no model, CHGNet's ``StructOptimizer`` (same optimizer and filter) is used.
+    """
+    reward = reward if reward is not None else getattr(ehull_fn, "reward", None)
+    model = _energy_model_of(reward if reward is not None else _default_reward()) or _CHGNetRelaxer()
+
+    def relax_fn(structures: list[Structure]) -> list[Any]:
+        out = []
+        for s in structures:
+            result = model.relax(s, fmax=fmax, steps=steps)
+            out.append(result if isinstance(result, tuple) else (result.structure, float(result.energy)))
+        return out
+
+    return relax_fn
+
+
+class _CHGNetRelaxer:
+    """Fallback relaxer when the reward model exposes none: CHGNet 0.3.0 via its own ``StructOptimizer``."""
+
+    def __init__(self) -> None:
+        from chgnet.model import StructOptimizer
+
+        self._opt = StructOptimizer(optimizer_class="FIRE", use_device="cpu")
+
+    def relax(self, structure: Structure, fmax: float = 0.1, steps: int = 500) -> tuple[Structure, float]:
+        result = self._opt.relax(structure, fmax=fmax, steps=steps, ase_filter="FrechetCellFilter", verbose=False)
+        energy = float(result["trajectory"].energies[-1])
+        return result["final_structure"], energy
+
+
+def _as_value(item: Any) -> tuple[float | None, str | None]:
+    """A float and no reason, or ``None`` and why (``None`` items, ``Failure`` objects, NaN/inf)."""
+    if item is None:
+        return None, "not scored (no reason given)"
+    if isinstance(item, (int, float)) and not isinstance(item, bool):
+        value = float(item)
+        return (value, None) if math.isfinite(value) else (None, f"non-finite value ({value})")
+    reason = getattr(item, "reason", None)
+    return None, str(reason if reason is not None else item)
+
+
+def compute_ehull(
+    structures: Sequence[Structure | None],
+    ehull_fn: EhullFn | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "E_hull",
+) -> tuple[list[float | None], list[str | None]]:
+    """E_hull (eV/atom) per structure and, where it is ``None``, the reason; batches that raise are split up."""
+    ehull_fn = ehull_fn or default_ehull_fn()
+    values: list[float | None] = [None] * len(structures)
+    reasons: list[str | None] = [None] * len(structures)
+    todo = [i for i, s in enumerate(structures) if s is not None]
+    for i, s in enumerate(structures):
+        if s is None:
+            reasons[i] = "no structure"
+
+    def run(indices: list[int]) -> None:
+        try:
+            results = list(ehull_fn([structures[i] for i in indices]))
+            if len(results) != len(indices):
+                raise RuntimeError(f"{len(results)} values for {len(indices)} structures")
+        except Exception as exc:
+            if len(indices) == 1:
+                values[indices[0]], reasons[indices[0]] = None, f"E_hull failed: {type(exc).__name__}: {exc}"
+                return
+            for i in indices:
+                run([i])
+            return
+        for i, item in zip(indices, results):
+            values[i], reasons[i] = _as_value(item)
+
+    bar = tqdm(total=len(todo), desc=desc, unit="crystal", disable=not progress)
+    try:
+        for start in range(0, len(todo), max(1, batch_size)):
+            chunk = todo[start : start + batch_size]
+            run(chunk)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    n_failed = sum(v is None for v in values)
+    if n_failed:
+        logger.warning("%s: %d/%d structures without a value", desc, n_failed, len(values))
+    return values, reasons
+
+
+def relax_structures(
+    structures: Sequence[Structure | None],
+    relax_fn: RelaxFn | None = None,
+    fmax: float = 0.1,
+    steps: int = 500,
+    progress: bool = True,
+) -> tuple[list[Structure | None], list[float | None], list[str | None]]:
+    """Relaxed structure, its total energy (eV) and the failure reason, per input; one structure at a time.
+
+    One at a time so that a relaxation that blows up costs only its own row, and the progress bar moves.
+    """
+    relax_fn = relax_fn or default_relax_fn(fmax=fmax, steps=steps)
+    relaxed: list[Structure | None] = [None] * len(structures)
+    energies: list[float | None] = [None] * len(structures)
+    reasons: list[str | None] = [None] * len(structures)
+    for i, s in enumerate(tqdm(structures, desc="relaxing", unit="crystal", disable=not progress)):
+        if s is None:
+            reasons[i] = "no structure"
+            continue
+        try:
+            (result,) = list(relax_fn([s]))
+        except Exception as exc:
+            reasons[i] = f"relaxation failed: {type(exc).__name__}: {exc}"
+            continue
+        if result is None or getattr(result, "reason", None) is not None:
+            reasons[i] = f"relaxation failed: {getattr(result, 'reason', 'no result')}"
+            continue
+        structure, energy = result if isinstance(result, tuple) else (result.structure, result.energy)
+        if not isinstance(structure, Structure):
+            reasons[i] = f"relaxation returned a {type(structure).__name__}, not a Structure"
+            continue
+        relaxed[i] = structure
+        try:
+            energies[i] = float(energy) if energy is not None and math.isfinite(float(energy)) else None
+        except (TypeError, ValueError):
+            energies[i] = None
+    n_failed = sum(r is None for r in relaxed)
+    if n_failed:
+        logger.warning("relaxation: %d/%d structures not relaxed", n_failed, len(structures))
+    return relaxed, energies, reasons

@@ -1,0 +1,150 @@
+"""Structure and composition validity, with the semantics of CDVAE's ``compute_metrics`` (as CrystalFormer reports).
+
+* structure validity: every interatomic distance (minimum image, distinct sites) is at least 0.5 Å and the cell
+  volume is at least 0.1 Å^3;
+* composition validity (SMACT): a single element, or an all-metal alloy, is valid; otherwise the gcd-reduced
+  composition must admit a charge-neutral assignment of SMACT's default oxidation states that also passes the
+  Pauling electronegativity test (cations less electronegative than anions).
+
+Both are cheap, so they run on every sample; the composition test is memoised per reduced composition.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+from pymatgen.core import Composition, Structure
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "check_composition_validity",
+    "check_structure_validity",
+    "composition_validity",
+    "structure_validity",
+]
+
+
+def check_structure_validity(structure: Structure, cutoff: float = 0.5, min_volume: float = 0.1) -> str | None:
+    """Why ``structure`` is structurally invalid, or ``None`` when it is valid.
+
+    As CDVAE, only distances between distinct sites are tested (a site and its own periodic image are not):
+    keeping that keeps validity rates comparable with published numbers.
+    """
+    if len(structure) == 0:
+        return "empty structure"
+    matrix = np.asarray(structure.lattice.matrix, dtype=float)
+    if not np.all(np.isfinite(matrix)) or not np.all(np.isfinite(structure.frac_coords)):
+        return "non-finite lattice or coordinates"
+    volume = abs(float(np.linalg.det(matrix)))
+    if not volume >= min_volume:
+        return f"volume {volume:.3g} Å^3 below {min_volume}"
+    if len(structure) > 1:
+        dist = np.array(structure.distance_matrix, dtype=float)
+        np.fill_diagonal(dist, np.inf)
+        dmin = float(dist.min())
+        if not dmin >= cutoff:
+            return f"atoms {dmin:.3f} Å apart (< {cutoff} Å)"
+    return None
+
+
+def structure_validity(structure: Structure, cutoff: float = 0.5, min_volume: float = 0.1) -> bool:
+    """CDVAE structure validity: all pairwise distances ≥ ``cutoff`` Å and volume ≥ ``min_volume`` Å^3."""
+    return check_structure_validity(structure, cutoff=cutoff, min_volume=min_volume) is None
+
+
+def _integer_counts(composition: Composition | Structure | Mapping | str) -> dict[str, int]:
+    if isinstance(composition, Structure):
+        composition = composition.composition
+    elif not isinstance(composition, Composition):
+        composition = Composition(composition)
+    counts: dict[str, int] = {}
+    for species, amount in composition.items():
+        symbol = getattr(species, "symbol", None) or getattr(getattr(species, "element", None), "symbol", None)
+        if symbol is None:
+            raise ValueError(f"not an element: {species}")
+        counts[symbol] = counts.get(symbol, 0) + amount
+    out = {}
+    for symbol, amount in counts.items():
+        if abs(amount - round(amount)) > 1e-6 or round(amount) <= 0:
+            raise ValueError(f"non-integer amount of {symbol} ({amount}): partial occupancy")
+        out[symbol] = int(round(amount))
+    return out
+
+
+@functools.lru_cache(maxsize=65536)
+def _smact_check(
+    symbols: tuple[str, ...], counts: tuple[int, ...], use_pauling_test: bool, include_alloys: bool
+) -> str | None:
+    import smact
+    from smact.screening import pauling_test
+
+    if len(set(symbols)) == 1:
+        return None
+    if include_alloys and all(s in smact.metals for s in symbols):
+        return None
+
+    gcd = math.gcd(*counts)
+    stoichs = [(c // gcd,) for c in counts]
+    threshold = max(c // gcd for c in counts)
+    try:
+        elements = [smact.Element(s) for s in symbols]
+    except Exception as exc:  # an element SMACT has no data for
+        return f"no SMACT data ({exc})"
+    oxidation_states = [list(e.oxidation_states or []) for e in elements]
+    missing = [s for s, ox in zip(symbols, oxidation_states) if not ox]
+    if missing:
+        return f"no oxidation states for {', '.join(missing)}"
+    with warnings.catch_warnings():  # SMACT warns and gives NaN for elements without one (noble gases)
+        warnings.simplefilter("ignore")
+        electronegativities = [e.pauling_eneg for e in elements]
+
+    neutral = False
+    for ox_states in itertools.product(*oxidation_states):
+        if not smact.neutral_ratios(ox_states, stoichs=stoichs, threshold=threshold):
+            continue
+        neutral = True
+        if not use_pauling_test:
+            return None
+        # Missing electronegativities pass, as in CDVAE (there the comparison raised TypeError, caught as "OK").
+        if any(x is None or math.isnan(x) for x in electronegativities) or pauling_test(
+            ox_states, electronegativities
+        ):
+            return None
+    if neutral:
+        return "charge-neutral oxidation states all fail the Pauling electronegativity test"
+    return "no charge-neutral combination of oxidation states"
+
+
+def check_composition_validity(
+    composition: Composition | Structure | Mapping | str, use_pauling_test: bool = True, include_alloys: bool = True
+) -> str | None:
+    """Why a composition fails the SMACT test of CDVAE (see :func:`composition_validity`), or ``None``."""
+    try:
+        counts = _integer_counts(composition)
+    except Exception as exc:
+        return f"unusable composition: {exc}"
+    if not counts:
+        return "empty composition"
+    symbols = tuple(sorted(counts))
+    return _smact_check(symbols, tuple(counts[s] for s in symbols), use_pauling_test, include_alloys)
+
+
+def composition_validity(
+    composition: Composition | Structure | Mapping | str, use_pauling_test: bool = True, include_alloys: bool = True
+) -> bool:
+    """SMACT composition validity as CDVAE's ``smact_validity``.
+
+    Single elements and (with ``include_alloys``) all-metal compositions are valid. Otherwise the element counts
+    are reduced by their gcd and every combination of SMACT's default oxidation states is tried; the composition
+    is valid when one combination is charge neutral at exactly these counts (SMACT ``neutral_ratios`` with
+    threshold = the largest count) and, with ``use_pauling_test``, passes SMACT's Pauling electronegativity test.
+    """
+    return check_composition_validity(composition, use_pauling_test, include_alloys) is None
