@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -136,7 +137,8 @@ class CrystalTokens:
 
     @classmethod
     def from_string(cls, text: str, n_max: int = 21) -> CrystalTokens:
-        fields = text.strip().split("-")
+        # "-" separates fields; a "-" right after a separator is a minus sign (sampled lattices can be negative).
+        fields = re.split(r"(?<!-)-", text.strip())
         try:
             space_group = int(fields[0])
             body, lattice = fields[1:-6], [float(v) for v in fields[-6:]]

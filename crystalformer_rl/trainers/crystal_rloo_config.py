@@ -46,7 +46,6 @@ class CrystalRLConfig(RLOOConfig):
             "help": "Checkpoint every N optimizer steps; keep it a multiple of num_iterations for exact resume."
         },
     )
-    report_to: str | list[str] = field(default="none", metadata={"help": "Trackers to report to (e.g. tensorboard)."})
 
     # ---- CrystalFormer-RL specifics
     baseline: str = field(

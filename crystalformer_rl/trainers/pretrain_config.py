@@ -28,7 +28,6 @@ class CrystalPretrainConfig(TrainingArguments):
     save_steps: float = field(default=500, metadata={"help": "Checkpoint (safetensors) every N optimizer steps."})
     save_total_limit: int | None = field(default=3, metadata={"help": "Keep this many checkpoints."})
     logging_steps: float = field(default=50, metadata={"help": "Log the training NLL terms every N steps."})
-    report_to: str | list[str] = field(default="none", metadata={"help": "Trackers to report to."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator picks the token columns."})
     dataloader_drop_last: bool = field(default=True, metadata={"help": "Drop the incomplete last batch."})
     pad_to_n_max: bool = field(

@@ -1,0 +1,198 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from crystalformer_rl.cli import build_parser, main
+from crystalformer_rl.modeling_crystalformer import CrystalFormerForCrystalGeneration
+from crystalformer_rl.pretrained import load_model
+from crystalformer_rl.tokenization import CrystalTokens
+from crystalformer_rl.trainers.commands import load_reward, training_space_groups
+from tests.helpers.rl_toy import tiny_model
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def token_parquet(shared, tmp_path_factory):
+    """The reference tokens of 32 real MP crystals as a training parquet (the corpus layout)."""
+    ref = np.load(shared / "fixtures" / "reference_parity" / "tokens.npz")
+    rows = [
+        CrystalTokens(int(ref["G"][i]), ref["W"][i], ref["A"][i], ref["XYZ"][i], ref["L"][i]).as_dict()
+        for i in range(len(ref["G"]))
+    ]
+    path = tmp_path_factory.mktemp("corpus") / "train.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    model = tiny_model()
+    model.save_pretrained(folder)
+    (folder / "space_group_distribution.json").write_text(json.dumps({"225": 3, "14": 1}))
+    return folder
+
+
+def test_pretrain_command_trains_validates_checkpoints_and_resumes(token_parquet, tmp_path):
+    out = tmp_path / "pretrain"
+    common = [
+        "--train_data",
+        str(token_parquet),
+        "--validation_data",
+        str(token_parquet),
+        "--model_size",
+        "xs",
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "8",
+        "--learning_rate",
+        "3e-3",
+        "--eval_steps",
+        "4",
+        "--save_steps",
+        "4",
+        "--logging_steps",
+        "2",
+        "--use_cpu",
+        "true",
+        "--disable_tqdm",
+        "true",
+    ]
+    trainer = main(["pretrain", *common, "--max_steps", "4"]) or None
+    assert trainer is None  # main returns an exit code
+    assert (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists()
+    assert json.loads((out / "space_group_distribution.json").read_text())
+    assert (out / "loss_curves.png").stat().st_size > 1000
+    from crystalformer_rl.trainers.commands import run_pretrain
+
+    resumed = run_pretrain([*common, "--max_steps", "8", "--resume_from_checkpoint", str(out / "checkpoint-4")])
+    history = resumed.state.log_history
+    evals = [h for h in history if "eval_loss" in h]
+    assert {"eval_loss_w", "eval_loss_a", "eval_loss_xyz", "eval_loss_l"} <= set(evals[-1])
+    assert any("train_loss_xyz" in h for h in history)
+    assert resumed.state.global_step == 8
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] or len(evals) == 1
+    assert CrystalFormerForCrystalGeneration.from_pretrained(out).config.num_layers == 2
+
+
+def test_sample_command_writes_csv_cifs_and_timing(tiny_folder, tmp_path):
+    out = tmp_path / "samples"
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(tiny_folder),
+                "-n",
+                "12",
+                "-o",
+                str(out),
+                "--format",
+                "csv",
+                "cif",
+                "extxyz",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
+    table = pd.read_csv(out / "samples.csv")
+    assert len(table) == 12 and set(table.G) <= {225, 14}  # the model's shipped space-group distribution
+    assert {"tokens", "logp", "logp_w", "logp_a", "logp_xyz", "logp_l", "formula"} <= set(table.columns)
+    valid = table[table.valid_tokens]
+    assert len(list((out / "cifs").glob("*.cif"))) == len(valid) > 0
+    assert CrystalTokens.from_string(valid.tokens.iloc[0]).to_structure().num_sites > 0
+    meta = json.loads((out / "samples.csv.meta.json").read_text())
+    assert meta["sampling_seconds"] > 0 and meta["num_samples"] == 12
+
+
+def test_sample_command_honours_space_group_and_elements(tiny_folder, tmp_path):
+    out = tmp_path / "lah"
+    main(["sample", "--model", str(tiny_folder), "-g", "225", "-n", "6", "-e", "La", "H", "-o", str(out)])
+    table = pd.read_csv(out / "samples.csv")
+    assert set(table.G) == {225}
+    for text in table[table.valid_tokens].tokens:
+        assert set(CrystalTokens.from_string(text).to_structure().composition.chemical_system.split("-")) <= {
+            "La",
+            "H",
+        }
+
+
+def test_rl_command_from_a_yaml_config(tiny_folder, tmp_path):
+    config = yaml.safe_load((REPO / "configs" / "rl_ehull.yaml").read_text())
+    config.update(
+        model=str(tiny_folder),
+        rewards=["tests.helpers.rl_toy:anion_fraction"],
+        output_dir=str(tmp_path / "rl"),
+        per_device_train_batch_size=8,
+        max_steps=3,
+        save_steps=3,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    path = tmp_path / "rl.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["rl", "--config", str(path)]) == 0
+    out = tmp_path / "rl"
+    assert (out / "model.safetensors").exists() and (out / "checkpoint-3" / "ema_baseline.json").exists()
+    assert (out / "rl_curves.png").stat().st_size > 1000
+    card = (out / "README.md").read_text()
+    assert str(tiny_folder) in card and "anion_fraction" in card
+    assert json.loads((out / "log_history.json").read_text())[0]["kl"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_shipped_configs_parse():
+    from trl import TrlParser
+
+    from crystalformer_rl.trainers import CrystalRLConfig
+    from crystalformer_rl.trainers.commands import RLScriptArguments
+
+    for name, tau in (("rl_ehull.yaml", 0.1), ("rl_dielectric.yaml", 2.0)):
+        script, config = TrlParser((RLScriptArguments, CrystalRLConfig)).parse_args_and_config(
+            ["--config", str(REPO / "configs" / name)]
+        )
+        assert config.beta == tau and config.num_iterations == 3 and config.epsilon == 0.2
+        assert config.save_steps % config.num_iterations == 0
+
+
+def test_accelerate_configs_load_and_validate():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    zero2 = load_config_from_file(str(REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml"))
+    assert zero2.distributed_type == DistributedType.DEEPSPEED
+    assert zero2.deepspeed_config["zero_stage"] == 2 and zero2.mixed_precision == "no"
+    ddp = load_config_from_file(str(REPO / "configs" / "accelerate" / "multi_gpu.yaml"))
+    assert ddp.distributed_type == DistributedType.MULTI_GPU
+    single = load_config_from_file(str(REPO / "configs" / "accelerate" / "single_gpu.yaml"))
+    assert single.distributed_type == DistributedType.NO
+
+
+def test_prompts_and_rewards_resolution(tiny_folder, token_parquet):
+    assert training_space_groups("225,221") == [225, 221]
+    assert sorted(set(training_space_groups(str(token_parquet)))) == sorted(
+        set(pd.read_parquet(token_parquet).G.tolist())
+    )
+    assert training_space_groups("default", str(tiny_folder)).count(225) == 3
+    assert load_reward("tests.helpers.rl_toy:anion_fraction").__name__ == "anion_fraction"
+    with pytest.raises(ValueError, match="unknown reward"):
+        load_reward("nonsense")
+
+
+def test_load_model_errors_are_clear(tmp_path):
+    with pytest.raises(OSError):
+        load_model(tmp_path / "missing-folder")
+
+
+def test_help_lists_every_command():
+    text = build_parser().format_help()
+    for command in ("sample", "evaluate", "prepare-data", "convert", "pretrain", "rl"):
+        assert command in text
