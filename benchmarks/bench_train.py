@@ -70,10 +70,14 @@ def main():
     n_max = model.config.n_max
     per_batch = [PaddingCollator(n_max)(c) for c in chunks]
     fixed = [PaddingCollator(n_max, pad_to_n_max=True)(c) for c in chunks]
+    ordered = sorted(rows, key=lambda r: len(r["W"]))  # what TrainingArguments(group_by_length=True) approximates
+    grouped = [PaddingCollator(n_max)(ordered[i * args.batch : (i + 1) * args.batch]) for i in range(args.steps + 1)]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     padded = run(model, fixed, args.steps)
     model.load_state_dict(state)
     dynamic = run(model, per_batch, args.steps)
+    model.load_state_dict(state)
+    by_length = run(model, grouped, args.steps)
     print(
         json.dumps(
             {
@@ -88,6 +92,9 @@ def main():
                 "crystals_per_s_pad_to_n_max": round(padded, 2),
                 "crystals_per_s_pad_per_batch": round(dynamic, 2),
                 "speedup": round(dynamic / padded, 2),
+                "mean_sites_per_batch_grouped_by_length": float(np.mean([b["W"].shape[1] for b in grouped])),
+                "crystals_per_s_pad_per_batch_grouped_by_length": round(by_length, 2),
+                "speedup_grouped_by_length": round(by_length / padded, 2),
                 "reference_jax_crystals_per_s": 6.5,
             },
             indent=2,

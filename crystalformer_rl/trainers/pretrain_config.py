@@ -30,6 +30,14 @@ class CrystalPretrainConfig(TrainingArguments):
     logging_steps: float = field(default=50, metadata={"help": "Log the training NLL terms every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator picks the token columns."})
     dataloader_drop_last: bool = field(default=True, metadata={"help": "Drop the incomplete last batch."})
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Batch crystals of similar site counts together (length column `num_sites`): shorter "
+            "padded batches, faster epochs."
+        },
+    )
+    length_column_name: str = field(default="num_sites", metadata={"help": "Column with each crystal's sites."})
     pad_to_n_max: bool = field(
         default=False,
         metadata={"help": "Pad every batch to n_max sites as the reference does (slower; for benchmarks)."},
