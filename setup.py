@@ -28,7 +28,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "chgnet": ["chgnet>=0.4.2"],
     "matgl": ["matgl>=4.1"],
-    "sevenn": ["sevenn>=0.13"],
+    "sevenn": ["sevenn==0.13.0"],
     # Download their weights at run time; keep out of the default install (see README).
     "orb": ["orb-models>=0.5"],
     "mace": ["mace-torch>=0.3"],
@@ -49,7 +49,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["crystalformer_rl", "crystalformer_rl.*"]),
     include_package_data=True,
-    package_data={"crystalformer_rl": ["**/*.npz", "**/*.json", "**/*.json.gz", "**/*.safetensors", "**/*.md", "**/*.csv.gz"]},
+    package_data={"crystalformer_rl": ["**/*.npz", "**/*.json", "**/*.json.gz", "**/*.safetensors", "**/*.md", "**/*.csv.gz", "**/*.pt", "**/LICENSE*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["crystalformer-rl=crystalformer_rl.cli:main"]},

@@ -1,0 +1,69 @@
+"""Reward models for crystal RL: TRL reward callables that also compute physical properties.
+
+Every reward is a :class:`CrystalReward`: ``reward(prompts, completions, completion_ids, **kwargs)`` follows
+TRL's reward-function protocol (one float or ``None`` per completion) and ``reward.compute(structures)`` returns
+the physical quantity (E_hull in eV/atom, band gap in eV, ε∞, ...). Heavy dependencies (chgnet, matgl, sevenn,
+...) are imported lazily, when a model is built.
+
+Example::
+
+    from crystalformer_rl.reward_models import EhullReward, FigureOfMeritReward
+    ehull = EhullReward()                      # CHGNet r2SCAN vs the shipped MP hull, reward = -E_hull
+    ehull.compute([structure])                 # [0.03]  (eV/atom)
+    trainer = RLOOTrainer(..., reward_funcs=[ehull, FigureOfMeritReward()])
+"""
+
+from .base import CallStats, CrystalReward, Failure, as_structure, check_structure, structure_fingerprint
+from .combine import FigureOfMeritReward, ProductReward, StabilityReward, ThresholdReward, WeightedSumReward
+from .ehull import EhullReward, EnergyScaleMismatchError
+from .energy import (
+    ASEEnergyModel,
+    CHGNetEnergyModel,
+    EnergyModel,
+    MACEEnergyModel,
+    MatGLEnergyModel,
+    MatterSimEnergyModel,
+    ModelUnavailableError,
+    OrbEnergyModel,
+    RelaxResult,
+    SevenNetEnergyModel,
+    load_energy_model,
+    mp2020_corrected_energies,
+    relax_structure,
+)
+from .hull import ReferenceHull
+from .properties import BandGapReward, DielectricReward, MatGLPropertyModel
+
+
+__all__ = [
+    "ASEEnergyModel",
+    "BandGapReward",
+    "CHGNetEnergyModel",
+    "CallStats",
+    "CrystalReward",
+    "DielectricReward",
+    "EhullReward",
+    "EnergyModel",
+    "EnergyScaleMismatchError",
+    "Failure",
+    "FigureOfMeritReward",
+    "MACEEnergyModel",
+    "MatGLEnergyModel",
+    "MatGLPropertyModel",
+    "MatterSimEnergyModel",
+    "ModelUnavailableError",
+    "OrbEnergyModel",
+    "ProductReward",
+    "ReferenceHull",
+    "RelaxResult",
+    "SevenNetEnergyModel",
+    "StabilityReward",
+    "ThresholdReward",
+    "WeightedSumReward",
+    "as_structure",
+    "check_structure",
+    "load_energy_model",
+    "mp2020_corrected_energies",
+    "relax_structure",
+    "structure_fingerprint",
+]

@@ -16,7 +16,7 @@ import torch
 # Reward names usable in configs; anything else is an import path "package.module:callable_or_factory".
 REWARDS = {
     "ehull": "crystalformer_rl.reward_models:EhullReward",
-    "stability": "crystalformer_rl.reward_models:EhullReward",
+    "stability": "crystalformer_rl.reward_models:StabilityReward",
     "band_gap": "crystalformer_rl.reward_models:BandGapReward",
     "dielectric": "crystalformer_rl.reward_models:DielectricReward",
     "figure_of_merit": "crystalformer_rl.reward_models:FigureOfMeritReward",

@@ -1,0 +1,153 @@
+"""Combinations of rewards, each still a TRL reward callable (TRL itself only forms weighted sums).
+
+* :class:`FigureOfMeritReward`: the paper's dielectric figure of merit ε∞ · E_g.
+* :class:`ProductReward`, :class:`WeightedSumReward`: products / weighted sums of other rewards.
+* :class:`ThresholdReward` / :class:`StabilityReward`: 1 if a value is on the right side of a threshold, else 0
+  (stable = E_hull < 0.1 eV/atom).
+
+Children keep their own caches, so combining rewards that share a child (e.g. a band-gap model inside both the
+dielectric model and the FoM) costs nothing extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pymatgen.core import Structure
+
+from .base import CrystalReward, Failure
+from .ehull import EhullReward
+from .properties import BandGapReward, DielectricReward
+
+
+__all__ = ["FigureOfMeritReward", "ProductReward", "StabilityReward", "ThresholdReward", "WeightedSumReward"]
+
+
+class _Composite(CrystalReward):
+    """Shared plumbing: evaluate children on the same structures, combine their values."""
+
+    def __init__(self, children: Sequence[CrystalReward], use_rewards: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("cache_size", 0)  # children cache; a second cache would only go stale
+        super().__init__(**kwargs)
+        if not children:
+            raise ValueError("a combination needs at least one reward")
+        self.children = list(children)
+        self.use_rewards = bool(use_rewards)
+
+    def batch_size(self) -> int:
+        return 4096
+
+    def _child_values(self, structures: list[Structure]) -> list[list[float | Failure]]:
+        cols = []
+        for child in self.children:
+            vals = child.compute_with_reasons(structures)
+            if self.use_rewards:
+                vals = [v if isinstance(v, Failure) else child.to_reward(v) for v in vals]
+            cols.append(vals)
+        return cols
+
+    def _combine(self, values: list[float]) -> float:
+        raise NotImplementedError
+
+    def _compute_batch(self, structures: list[Structure]) -> list[float | Failure]:
+        cols = self._child_values(structures)
+        out: list[float | Failure] = []
+        for i in range(len(structures)):
+            row = [col[i] for col in cols]
+            bad = [(c.name, v) for c, v in zip(self.children, row) if isinstance(v, Failure)]
+            if bad:
+                out.append(Failure("; ".join(f"{n}: {v.reason}" for n, v in bad)))
+            else:
+                out.append(self._combine([float(v) for v in row]))
+        return out
+
+
+class ProductReward(_Composite):
+    """Product of the children's values (or of their rewards with ``use_rewards=True``)."""
+
+    name = "product"
+
+    def __init__(
+        self, children: Sequence[CrystalReward], use_rewards: bool = False, name: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(children, use_rewards=use_rewards, **kwargs)
+        self.name = self.__name__ = name or "*".join(c.name for c in self.children)
+
+    def _combine(self, values: list[float]) -> float:
+        p = 1.0
+        for v in values:
+            p *= v
+        return p
+
+
+class FigureOfMeritReward(ProductReward):
+    """Dielectric figure of merit ε∞ · E_g (eV), the paper's second application; reward = FoM.
+
+    Args:
+        dielectric: a :class:`DielectricReward` (default: shipped model, sharing ``band_gap``).
+        band_gap: a :class:`BandGapReward` (default: shipped MEGNet, PBE fidelity).
+    """
+
+    unit = "eV"
+
+    def __init__(
+        self, dielectric: DielectricReward | None = None, band_gap: BandGapReward | None = None, **kwargs: Any
+    ) -> None:
+        band_gap = band_gap or (dielectric.band_gap if dielectric is not None else BandGapReward())
+        dielectric = dielectric or DielectricReward(band_gap=band_gap)
+        super().__init__([dielectric, band_gap], name="dielectric_fom", **kwargs)
+        self.dielectric, self.band_gap = dielectric, band_gap
+
+
+class WeightedSumReward(_Composite):
+    """Σ w_i · reward_i (the children's *rewards*, e.g. -E_hull); ``None`` if any child fails."""
+
+    name = "weighted_sum"
+
+    def __init__(
+        self,
+        children: Sequence[CrystalReward],
+        weights: Sequence[float] | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(children, use_rewards=True, **kwargs)
+        self.weights = [1.0] * len(self.children) if weights is None else [float(w) for w in weights]
+        if len(self.weights) != len(self.children):
+            raise ValueError("one weight per reward")
+        self.name = self.__name__ = name or "+".join(f"{w:g}*{c.name}" for w, c in zip(self.weights, self.children))
+
+    def _combine(self, values: list[float]) -> float:
+        return sum(w * v for w, v in zip(self.weights, values))
+
+
+class ThresholdReward(_Composite):
+    """1.0 if the child's value is below (``below=True``) or above a threshold, else 0.0; values are ``(hit, miss)``."""
+
+    name = "threshold"
+
+    def __init__(
+        self,
+        child: CrystalReward,
+        threshold: float,
+        below: bool = True,
+        values: tuple[float, float] = (1.0, 0.0),
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__([child], use_rewards=False, **kwargs)
+        self.threshold, self.below, self.values = float(threshold), bool(below), (float(values[0]), float(values[1]))
+        op = "<" if self.below else ">"
+        self.name = self.__name__ = name or f"{child.name}{op}{self.threshold:g}"
+
+    def _combine(self, values: list[float]) -> float:
+        hit = values[0] < self.threshold if self.below else values[0] > self.threshold
+        return self.values[0] if hit else self.values[1]
+
+
+class StabilityReward(ThresholdReward):
+    """1 if E_hull < ``threshold`` (0.1 eV/atom: the paper's "stable"), else 0."""
+
+    def __init__(self, ehull: EhullReward | None = None, threshold: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(ehull or EhullReward(), threshold=threshold, below=True, name="stable", **kwargs)

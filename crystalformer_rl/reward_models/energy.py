@@ -1,0 +1,588 @@
+"""Total energies from universal interatomic potentials, with their energy scale recorded.
+
+An :class:`EnergyModel` turns structures into total energies (eV per cell). Each model declares its
+``energy_scale`` so that an energy-above-hull reward can refuse to compare it with a hull on another scale:
+
+* ``"r2scan"``: r2SCAN-scale energies (CHGNet's ``r2scan`` model), comparable as they are with the Materials
+  Project's mixed GGA/GGA+U/r2SCAN thermodynamics (the default hull).
+* ``"gga"``: raw GGA/GGA+U energies in the Materials Project's VASP settings (M3GNet-MP, SevenNet 7net-0, Orb,
+  MACE-MP, MatterSim). They need MP2020 corrections (see :func:`mp2020_corrected_energies`) before they are
+  compared with a ``"gga_mp2020"`` hull (e.g. the Alexandria PBE hull used by the paper).
+* ``"gga_mp2020"``: GGA/GGA+U energies that already include MP2020 corrections (CHGNet 0.3.0/0.2.0, whose
+  MPtrj training labels were corrected).
+* anything else (``"matpes_pbe"``, ``"toy"``, ...) is compared only with a hull of the same label.
+
+Fast batched paths exist for CHGNet, matgl potentials and SevenNet; any ASE calculator works through
+:class:`ASEEnergyModel`. Orb, MACE and MatterSim are optional adapters that download their weights at run
+time; they raise :class:`ModelUnavailableError` with a clear message when that is impossible.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Element, Structure
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ASEEnergyModel",
+    "CHGNetEnergyModel",
+    "EnergyModel",
+    "MACEEnergyModel",
+    "MatGLEnergyModel",
+    "MatterSimEnergyModel",
+    "ModelUnavailableError",
+    "OrbEnergyModel",
+    "RelaxResult",
+    "SevenNetEnergyModel",
+    "load_chgnet",
+    "load_energy_model",
+    "mp2020_corrected_energies",
+    "relax_structure",
+]
+
+R2SCAN = "r2scan"
+GGA = "gga"
+GGA_MP2020 = "gga_mp2020"
+
+#: elements with a POTCAR in MPRelaxSet, i.e. the ones MP2020 corrections can be computed for
+_MP_ELEMENTS: frozenset[str] | None = None
+
+
+class ModelUnavailableError(RuntimeError):
+    """An optional model is not installed, or its weights cannot be fetched (e.g. no internet)."""
+
+
+@dataclass
+class RelaxResult:
+    """Outcome of an MLIP relaxation (FIRE on positions and cell)."""
+
+    structure: Structure
+    energy: float
+    converged: bool
+    steps: int
+
+
+class EnergyModel(ABC):
+    """A universal potential that returns total energies (eV per cell) for a list of structures.
+
+    Attributes:
+        energy_scale: which reference the energies live on (see module docstring).
+        name: human-readable model name (logs, docs).
+    """
+
+    energy_scale: str = GGA
+    name: str = "energy-model"
+
+    @abstractmethod
+    def predict_energies(self, structures: Sequence[Structure]) -> list[float]:
+        """Total energy (eV) of each structure; raise on failure (callers isolate bad structures)."""
+
+    @abstractmethod
+    def ase_calculator(self) -> Any:
+        """An ASE calculator for the same model (used for relaxation)."""
+
+    def supported_elements(self) -> Iterable[str] | None:
+        """Element symbols the potential was trained on (``None`` if unknown)."""
+        return None
+
+    def batch_size(self) -> int:
+        return 16
+
+    def relax(self, structure: Structure, fmax: float = 0.1, steps: int = 500) -> RelaxResult:
+        """Relax positions and cell with this model (ASE FIRE + FrechetCellFilter)."""
+        return relax_structure(structure, self.ase_calculator(), fmax=fmax, steps=steps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, energy_scale={self.energy_scale!r})"
+
+
+def relax_structure(structure: Structure, calculator: Any, fmax: float = 0.1, steps: int = 500) -> RelaxResult:
+    """Relax a structure with any ASE calculator (FIRE on a FrechetCellFilter); returns structure and energy."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = calculator
+    opt = FIRE(FrechetCellFilter(atoms), logfile=None)
+    converged = bool(opt.run(fmax=fmax, steps=steps))
+    energy = float(atoms.get_potential_energy())
+    relaxed = AseAtomsAdaptor.get_structure(atoms)
+    return RelaxResult(structure=relaxed, energy=energy, converged=converged, steps=int(opt.get_number_of_steps()))
+
+
+# --------------------------------------------------------------------------------------------------- ASE
+class ASEEnergyModel(EnergyModel):
+    """Any ASE calculator, one structure at a time.
+
+    Args:
+        calculator: an ASE ``Calculator``.
+        energy_scale: the reference its energies are on; required because a silent scale mismatch against the
+            hull gives E_hull errors of eV/atom.
+        name: label for logs.
+    """
+
+    def __init__(self, calculator: Any, energy_scale: str, name: str | None = None) -> None:
+        self.calculator = calculator
+        self.energy_scale = energy_scale
+        self.name = name or type(calculator).__name__
+
+    def predict_energies(self, structures: Sequence[Structure]) -> list[float]:
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        out = []
+        for s in structures:
+            atoms = AseAtomsAdaptor.get_atoms(s)
+            atoms.calc = self.calculator
+            out.append(float(atoms.get_potential_energy()))
+        return out
+
+    def ase_calculator(self) -> Any:
+        return self.calculator
+
+    def batch_size(self) -> int:
+        return 1
+
+
+# --------------------------------------------------------------------------------------------------- CHGNet
+@lru_cache(maxsize=4)
+def load_chgnet(model_name: str = "r2scan", device: str = "cpu") -> Any:
+    """Load a CHGNet shipped in the ``chgnet`` wheel once per process (rewards share it)."""
+    try:
+        from chgnet.model import CHGNet
+    except ImportError as exc:  # pragma: no cover - chgnet is part of the "rewards" extra
+        raise ModelUnavailableError("CHGNet is not installed: pip install 'crystalformer-rl[chgnet]'") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = CHGNet.load(model_name=model_name, use_device=device, verbose=False)
+    model.eval()
+    return model
+
+
+class CHGNetEnergyModel(EnergyModel):
+    """CHGNet, batched and energy-only (``task="e"``); weights ship in the ``chgnet`` wheel (offline).
+
+    CHGNet 0.3.0/0.2.0 were trained on MPtrj energies *with* MP2020 corrections (the CHGNet fine-tuning recipe
+    corrects DFT labels with MaterialsProject2020Compatibility to match the pretrained model), so their scale is
+    ``"gga_mp2020"`` and no correction is added: adding MP2020 again over-binds oxides by ~0.26 eV/atom on
+    MPTS-52 rows (formation-energy MAE 0.017 eV/atom raw vs 0.272 corrected). The ``r2scan`` model predicts raw
+    r2SCAN energies.
+
+    Args:
+        model: ``"r2scan"`` (r2SCAN scale), ``"0.3.0"``/``"0.2.0"`` (GGA/GGA+U + MP2020 scale, MPtrj), or a
+            loaded ``CHGNet``.
+        batch_size: structures per forward pass (CHGNet is memory-hungry on CPU above 16).
+        device: torch device.
+        energy_scale: override the scale inferred from the model name.
+    """
+
+    def __init__(
+        self,
+        model: str | Any = "r2scan",
+        batch_size: int = 16,
+        device: str = "cpu",
+        energy_scale: str | None = None,
+    ) -> None:
+        if isinstance(model, str):
+            self.name = f"CHGNet-{model}"
+            self.model = load_chgnet(model, device)
+            inferred = R2SCAN if "r2scan" in model.lower() else GGA_MP2020
+        else:
+            self.model = model
+            self.name = f"CHGNet-{getattr(model, 'version', 'custom')}"
+            inferred = R2SCAN if "r2scan" in str(getattr(model, "version", "")).lower() else GGA_MP2020
+        self.model.eval()
+        self.energy_scale = energy_scale or inferred
+        self._batch_size = int(batch_size)
+        self._elements = frozenset(Element.from_Z(z).symbol for z in range(1, 95))
+
+    def predict_energies(self, structures: Sequence[Structure]) -> list[float]:
+        import torch
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            preds = self.model.predict_structure(list(structures), task="e", batch_size=self._batch_size)
+        if isinstance(preds, dict):
+            preds = [preds]
+        # CHGNet predicts energy per atom
+        return [float(np.asarray(p["e"]).reshape(-1)[0]) * len(s) for p, s in zip(preds, structures)]
+
+    def ase_calculator(self) -> Any:
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        return CHGNetCalculator(model=self.model, use_device="cpu")
+
+    def supported_elements(self) -> Iterable[str]:
+        return self._elements
+
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    def crystal_features(self, structures: Sequence[Structure]) -> np.ndarray:
+        """CHGNet's pooled crystal feature vector per structure (a cheap learned descriptor)."""
+        import torch
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            preds = self.model.predict_structure(
+                list(structures), task="e", return_crystal_feas=True, batch_size=self._batch_size
+            )
+        if isinstance(preds, dict):
+            preds = [preds]
+        return np.stack([np.asarray(p["crystal_fea"], dtype=np.float32) for p in preds])
+
+
+# --------------------------------------------------------------------------------------------------- matgl
+def _matgl_scale(name: str) -> str:
+    low = name.lower()
+    if "r2scan" in low:
+        return "matpes_r2scan" if "matpes" in low else R2SCAN
+    if "matpes" in low:
+        return "matpes_pbe"
+    return GGA
+
+
+class MatGLEnergyModel(EnergyModel):
+    """A matgl potential (M3GNet, TensorNet, CHGNet-matgl) from a local folder or by name, batched.
+
+    Args:
+        model: a folder with ``model.json``/``model.pt``/``state.pt`` (e.g.
+            ``/work/shared/models/matgl/M3GNet-MP-2021.2.8-PES``), a matgl model name (needs the Hub), or a loaded
+            ``matgl.apps.pes.Potential``.
+        energy_scale: override the scale inferred from the name (MP-2021 → ``"gga"``, MatPES-PBE → ``"matpes_pbe"``).
+        batch_size: structures per forward pass.
+    """
+
+    def __init__(self, model: str | Path | Any, energy_scale: str | None = None, batch_size: int = 16) -> None:
+        try:
+            import matgl
+        except ImportError as exc:  # pragma: no cover
+            raise ModelUnavailableError("matgl is not installed: pip install 'crystalformer-rl[matgl]'") from exc
+        if isinstance(model, (str, Path)):
+            self.name = Path(str(model)).name
+            try:
+                self.potential = matgl.load_model(model)
+            except Exception as exc:
+                raise ModelUnavailableError(
+                    f"could not load matgl model {model!r}: {exc}. Offline, pass a local folder containing "
+                    "model.json, model.pt and state.pt."
+                ) from exc
+        else:
+            self.potential = model
+            self.name = type(model).__name__
+        if not hasattr(self.potential, "calc_forces"):
+            raise TypeError(f"{self.name} is not a matgl Potential (got {type(self.potential).__name__})")
+        self.potential.eval()
+        self.energy_scale = energy_scale or _matgl_scale(self.name)
+        self._batch_size = int(batch_size)
+        inner = self.potential.model
+        self._elements = frozenset(inner.element_types)
+        from matgl.ext.pymatgen import Structure2Graph
+
+        self._converter = Structure2Graph(element_types=inner.element_types, cutoff=inner.cutoff)
+
+    def predict_energies(self, structures: Sequence[Structure]) -> list[float]:
+        import torch
+        from torch_geometric.data import Batch
+
+        graphs, lattices = [], []
+        for s in structures:
+            g, lat, _ = self._converter.get_graph(s)
+            graphs.append(g)
+            lattices.append(lat[0])
+        batch = Batch.from_data_list(graphs)
+        flags = (self.potential.calc_forces, self.potential.calc_stresses)
+        self.potential.calc_forces = self.potential.calc_stresses = False
+        try:
+            with torch.no_grad():
+                energies = self.potential(batch, torch.stack(lattices), None)[0]
+        finally:
+            self.potential.calc_forces, self.potential.calc_stresses = flags
+        return [float(e) for e in energies.reshape(-1)]
+
+    def ase_calculator(self) -> Any:
+        from matgl.ext.ase import PESCalculator
+
+        return PESCalculator(self.potential, stress_unit="eV/A3")
+
+    def supported_elements(self) -> Iterable[str]:
+        return self._elements
+
+    def batch_size(self) -> int:
+        return self._batch_size
+
+
+# --------------------------------------------------------------------------------------------------- SevenNet
+class SevenNetEnergyModel(EnergyModel):
+    """SevenNet (``7net-0`` and friends ship in the ``sevenn`` wheel, so they work offline), batched.
+
+    Args:
+        model: a pretrained name (``"7net-0"``, ``"7net-l3i5"``, ``"7net-mf-0"``) or a checkpoint path.
+        modal: fidelity of multi-fidelity models (``"PBE"`` or ``"R2SCAN"`` for ``7net-mf-0``).
+        energy_scale: override; ``"r2scan"`` for modal R2SCAN, ``"gga"`` otherwise.
+    """
+
+    def __init__(
+        self,
+        model: str = "7net-0",
+        modal: str | None = None,
+        energy_scale: str | None = None,
+        batch_size: int = 8,
+        device: str = "cpu",
+    ) -> None:
+        try:
+            from sevenn.calculator import SevenNetCalculator
+        except ImportError as exc:
+            raise ModelUnavailableError("SevenNet is not installed: pip install 'crystalformer-rl[sevenn]'") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.calculator = SevenNetCalculator(model, device=device, modal=modal)
+        self.name = f"SevenNet-{model}" + (f"-{modal}" if modal else "")
+        self.modal = modal
+        self.energy_scale = energy_scale or (R2SCAN if modal and "r2scan" in modal.lower() else GGA)
+        self._batch_size = int(batch_size)
+        self._elements = frozenset(Element.from_Z(int(z)).symbol for z in self.calculator.type_map)
+
+    def predict_energies(self, structures: Sequence[Structure]) -> list[float]:
+        import sevenn._keys as KEY
+        from pymatgen.io.ase import AseAtomsAdaptor
+        from sevenn.atom_graph_data import AtomGraphData
+        from sevenn.train.dataload import unlabeled_atoms_to_graph
+        from torch_geometric.loader.dataloader import Collater
+
+        cutoff = self.calculator.cutoff
+        data = []
+        for s in structures:
+            d = AtomGraphData.from_numpy_dict(
+                unlabeled_atoms_to_graph(AseAtomsAdaptor.get_atoms(s), cutoff, with_shift=False)
+            )
+            if self.modal:
+                d[KEY.DATA_MODALITY] = self.modal
+            data.append(d)
+        batch = Collater([], follow_batch=None, exclude_keys=None)(data)
+        model = self.calculator.model
+        model.set_is_batch_data(True)
+        try:
+            out = model(batch.to(self.calculator.device))
+        finally:
+            model.set_is_batch_data(False)
+        return [float(e) for e in out[KEY.PRED_TOTAL_ENERGY].detach().cpu().reshape(-1)]
+
+    def ase_calculator(self) -> Any:
+        return self.calculator
+
+    def supported_elements(self) -> Iterable[str]:
+        return self._elements
+
+    def batch_size(self) -> int:
+        return self._batch_size
+
+
+# --------------------------------------------------------------------------------------------------- optional
+class _LazyASEModel(EnergyModel):
+    """Adapter for potentials whose package/weights may be missing: everything is imported on construction."""
+
+    package = ""
+    extra = ""
+
+    def __init__(self, energy_scale: str = GGA) -> None:
+        self.energy_scale = energy_scale
+        self.calculator = self._build()
+
+    @abstractmethod
+    def _load(self) -> Any: ...
+
+    def _build(self) -> Any:
+        try:
+            return self._load()
+        except ImportError as exc:
+            raise ModelUnavailableError(
+                f"{self.name} needs the optional package '{self.package}': pip install 'crystalformer-rl[{self.extra}]'"
+                f" ({exc})"
+            ) from exc
+        except Exception as exc:
+            raise ModelUnavailableError(
+                f"could not fetch the weights of {self.name} ({type(exc).__name__}: {exc}). They are downloaded at "
+                "run time; offline, download the checkpoint elsewhere and pass weights_path=<local file>."
+            ) from exc
+
+    def predict_energies(self, structures: Sequence[Structure]) -> list[float]:
+        return ASEEnergyModel(self.calculator, self.energy_scale).predict_energies(structures)
+
+    def ase_calculator(self) -> Any:
+        return self.calculator
+
+    def batch_size(self) -> int:
+        return 1
+
+
+class OrbEnergyModel(_LazyASEModel):
+    """Orb (the paper's potential; ``orb-v2`` by default), GGA scale, needs ``orb-models`` and its weights."""
+
+    package = "orb-models"
+    extra = "orb"
+
+    def __init__(
+        self, model: str = "orb-v2", weights_path: str | None = None, device: str = "cpu", energy_scale: str = GGA
+    ) -> None:
+        self.model_name, self.weights_path, self.device = model, weights_path, device
+        self.name = f"Orb-{model}"
+        super().__init__(energy_scale)
+
+    def _load(self) -> Any:
+        from orb_models.forcefield import pretrained
+        from orb_models.forcefield.calculator import ORBCalculator
+
+        factory = getattr(pretrained, self.model_name.replace("-", "_"), None)
+        if factory is None and hasattr(pretrained, "ORB_PRETRAINED_MODELS"):
+            factory = pretrained.ORB_PRETRAINED_MODELS[self.model_name]
+        if factory is None:
+            raise ValueError(f"unknown Orb model {self.model_name!r}")
+        kwargs: dict[str, Any] = {"device": self.device}
+        if self.weights_path:
+            kwargs["weights_path"] = self.weights_path
+        return ORBCalculator(factory(**kwargs), device=self.device)
+
+
+class MACEEnergyModel(_LazyASEModel):
+    """MACE-MP (GGA scale); ``model`` is a size name (``"medium"``) downloaded at run time or a local file."""
+
+    package = "mace-torch"
+    extra = "mace"
+
+    def __init__(self, model: str = "medium", device: str = "cpu", energy_scale: str = GGA) -> None:
+        self.model_name, self.device = model, device
+        self.name = f"MACE-MP-{Path(model).name}"
+        super().__init__(energy_scale)
+
+    def _load(self) -> Any:
+        from mace.calculators import mace_mp
+
+        return mace_mp(model=self.model_name, device=self.device, default_dtype="float64")
+
+
+class MatterSimEnergyModel(_LazyASEModel):
+    """MatterSim (GGA scale); ``load_path`` is a checkpoint name downloaded at run time or a local file."""
+
+    package = "mattersim"
+    extra = "mattersim"
+
+    def __init__(
+        self, load_path: str = "MatterSim-v1.0.0-1M.pth", device: str = "cpu", energy_scale: str = GGA
+    ) -> None:
+        self.load_path, self.device = load_path, device
+        self.name = f"MatterSim-{Path(load_path).stem}"
+        super().__init__(energy_scale)
+
+    def _load(self) -> Any:
+        from mattersim.forcefield import MatterSimCalculator
+
+        return MatterSimCalculator(load_path=self.load_path, device=self.device)
+
+
+def load_energy_model(spec: str | EnergyModel | Any | None = None, energy_scale: str | None = None) -> EnergyModel:
+    """Build an :class:`EnergyModel` from a short spec.
+
+    ``None``/``"chgnet-r2scan"`` → CHGNet r2SCAN (default); ``"chgnet"``/``"chgnet-0.3.0"`` → CHGNet GGA;
+    ``"7net-0"``/``"sevennet"``; ``"orb"``/``"orb-v2"``; ``"mace"``; ``"mattersim"``; a matgl folder or name
+    (``"M3GNet-..."``/``"TensorNet-..."``); an :class:`EnergyModel`; or an ASE calculator (then ``energy_scale``
+    is required).
+    """
+    if isinstance(spec, EnergyModel):
+        if energy_scale is not None and energy_scale != spec.energy_scale:
+            spec.energy_scale = energy_scale
+        return spec
+    if spec is None or (isinstance(spec, str) and spec.lower() in {"chgnet-r2scan", "r2scan"}):
+        return CHGNetEnergyModel("r2scan", energy_scale=energy_scale)
+    if isinstance(spec, (str, Path)):
+        s = str(spec)
+        low = s.lower()
+        if low in {"chgnet", "chgnet-0.3.0", "chgnet-0.2.0"}:
+            return CHGNetEnergyModel(low.split("-", 1)[1] if "-" in low else "0.3.0", energy_scale=energy_scale)
+        if low.startswith("7net") or low == "sevennet":
+            return SevenNetEnergyModel("7net-0" if low == "sevennet" else s, energy_scale=energy_scale)
+        if low.startswith("orb"):
+            return OrbEnergyModel("orb-v2" if low == "orb" else s, energy_scale=energy_scale or GGA)
+        if low.startswith("mace"):
+            return MACEEnergyModel(energy_scale=energy_scale or GGA)
+        if low.startswith("mattersim"):
+            return MatterSimEnergyModel(energy_scale=energy_scale or GGA)
+        return MatGLEnergyModel(s, energy_scale=energy_scale)
+    if hasattr(spec, "get_potential_energy") or hasattr(spec, "calculate"):
+        if energy_scale is None:
+            raise ValueError(
+                f"an ASE calculator ({type(spec).__name__}) needs an explicit energy_scale, e.g. 'gga' for an "
+                "MPtrj-trained potential or 'r2scan'; comparing energies on different scales against the hull "
+                "gives errors of eV/atom"
+            )
+        return ASEEnergyModel(spec, energy_scale=energy_scale)
+    raise TypeError(f"cannot make an energy model from {type(spec).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------- MP2020
+def _mp_elements() -> frozenset[str]:
+    global _MP_ELEMENTS
+    if _MP_ELEMENTS is None:
+        from pymatgen.io.vasp.sets import MPRelaxSet
+
+        _MP_ELEMENTS = frozenset(MPRelaxSet.CONFIG["POTCAR"])
+    return _MP_ELEMENTS
+
+
+def mp2020_corrected_energies(structures: Sequence[Structure], energies: Sequence[float]) -> list[float | str]:
+    """Apply MaterialsProject2020Compatibility to GGA-scale MLIP energies, like the reference code.
+
+    Each candidate becomes a ``ComputedStructureEntry`` with the parameters MP's own calculation would have had
+    (MPRelaxSet POTCARs, Hubbard U on the transition metals of oxides/fluorides, ``run_type`` GGA or GGA+U); the
+    compatibility scheme then adds the anion and GGA/GGA+U mixing corrections. Returns the corrected total
+    energy, or a string explaining why the structure cannot be corrected (e.g. an element MP has no data for).
+    """
+    from pymatgen.entries.compatibility import CompatibilityError, MaterialsProject2020Compatibility
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+    from pymatgen.io.vasp.sets import MPRelaxSet
+
+    compat = MaterialsProject2020Compatibility(check_potcar=False)
+    u_table = MPRelaxSet.CONFIG["INCAR"]["LDAUU"]
+    potcars = MPRelaxSet.CONFIG["POTCAR"]
+    known = _mp_elements()
+    out: list[float | str] = []
+    for s, e in zip(structures, energies):
+        symbols = [el.symbol for el in s.composition.elements]
+        missing = sorted(set(symbols) - known)
+        if missing:
+            out.append(f"no MP2020/MPRelaxSet data for element(s) {', '.join(missing)}")
+            continue
+        anion = max(s.composition.elements, key=lambda el: el.X if math.isfinite(el.X) else -1).symbol
+        hubbards = {el: float(u_table.get(anion, {}).get(el, 0.0)) for el in symbols}
+        hubbards = {k: v for k, v in hubbards.items() if v > 0}
+        params = {
+            "run_type": "GGA+U" if hubbards else "GGA",
+            "is_hubbard": bool(hubbards),
+            "hubbards": hubbards,
+            "potcar_symbols": [f"PBE {potcars[el]}" for el in symbols],
+        }
+        entry = ComputedStructureEntry(s, float(e), parameters=params, correction=0.0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                processed = compat.process_entry(entry, on_error="raise")
+        except (CompatibilityError, ValueError, KeyError) as exc:
+            out.append(f"MP2020 correction failed: {exc}")
+            continue
+        if processed is None:
+            out.append("MP2020 compatibility rejected the entry")
+            continue
+        out.append(float(processed.energy))
+    return out

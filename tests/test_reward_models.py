@@ -1,0 +1,425 @@
+"""Tests of crystalformer_rl.reward_models: protocol, robustness, physics sanity of the shipped models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
+from pymatgen.analysis.phase_diagram import PDEntry
+from pymatgen.core import Composition, Lattice, Structure
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from crystalformer_rl.reward_models import (  # noqa: E402
+    ASEEnergyModel,
+    BandGapReward,
+    CrystalReward,
+    DielectricReward,
+    EhullReward,
+    EnergyScaleMismatchError,
+    Failure,
+    FigureOfMeritReward,
+    MACEEnergyModel,
+    MatterSimEnergyModel,
+    ModelUnavailableError,
+    OrbEnergyModel,
+    ProductReward,
+    ReferenceHull,
+    StabilityReward,
+    ThresholdReward,
+    WeightedSumReward,
+    as_structure,
+    check_structure,
+    mp2020_corrected_energies,
+    relax_structure,
+    structure_fingerprint,
+)
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+# ----------------------------------------------------------------------------------------------- structures
+def rocksalt(a: str = "Na", b: str = "Cl", lattice: float = 5.69) -> Structure:
+    return Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(lattice), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    ).get_primitive_structure()
+
+
+def fcc(el: str, a: float) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [el], [[0, 0, 0]]).get_primitive_structure()
+
+
+def silicon() -> Structure:
+    return Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.47), ["Si"], [[0, 0, 0]]).get_primitive_structure()
+
+
+def bcc_fe() -> Structure:
+    return Structure(Lattice.cubic(2.83), ["Fe", "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def overlapping() -> Structure:
+    return Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.02, 0, 0]])
+
+
+class Tokens:
+    """Stand-in for the tokenizer's CrystalTokens: anything with to_structure()."""
+
+    def __init__(self, structure: Structure | None) -> None:
+        self.structure = structure
+
+    def to_structure(self) -> Structure:
+        if self.structure is None:
+            raise ValueError("invalid Wyckoff combination")
+        return self.structure
+
+
+class ConstantCalculator(Calculator):
+    """ASE calculator returning a fixed energy per atom (NaN / huge values to test failure paths)."""
+
+    implemented_properties = ["energy", "forces", "stress"]
+
+    def __init__(self, energy_per_atom: float) -> None:
+        super().__init__()
+        self.energy_per_atom = energy_per_atom
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        n = len(self.atoms)
+        self.results = {"energy": self.energy_per_atom * n, "forces": np.zeros((n, 3)), "stress": np.zeros(6)}
+
+
+def toy_hull(scale: str = "toy") -> ReferenceHull:
+    """A Cu-Al hull on EMT energies: the elements and one compound."""
+    emt = ASEEnergyModel(EMT(), energy_scale=scale)
+    cu, al = fcc("Cu", 3.61), fcc("Al", 4.05)
+    e_cu, e_al = emt.predict_energies([cu, al])
+    entries = [
+        PDEntry(Composition("Cu"), e_cu),
+        PDEntry(Composition("Al"), e_al),
+        PDEntry(Composition("CuAl"), e_cu + e_al - 0.2),
+    ]
+    return ReferenceHull.from_entries(entries, energy_scale=scale, name="toy")
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def ehull() -> EhullReward:
+    return EhullReward()
+
+
+@pytest.fixture(scope="module")
+def band_gap() -> BandGapReward:
+    return BandGapReward()
+
+
+@pytest.fixture(scope="module")
+def dielectric(band_gap: BandGapReward) -> DielectricReward:
+    return DielectricReward(band_gap=band_gap)
+
+
+# ----------------------------------------------------------------------------------------------- base
+def test_as_structure_accepts_completion_forms():
+    s = rocksalt()
+    assert as_structure(s) is s
+    assert as_structure({"structure": s}) is s
+    assert as_structure(Tokens(s)) is s
+    assert as_structure(s.as_dict()) == s
+    with pytest.raises(TypeError):
+        as_structure("NaCl")
+
+
+def test_check_structure_reasons():
+    assert check_structure(rocksalt()) is None
+    assert "empty" in check_structure(Structure(Lattice.cubic(3), [], []))
+    assert "overlapping" in check_structure(overlapping())
+    bad = Structure(Lattice.cubic(4.0), ["Na"], [[0, 0, 0]])
+    bad.replace(0, "Na", coords=[np.nan, 0, 0])
+    assert "non-finite" in check_structure(bad)
+    assert "not supported" in check_structure(rocksalt(), elements={"Na"})
+
+
+def test_fingerprint_ignores_site_order_and_wrapping():
+    s = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    t = Structure(Lattice.cubic(4.0), ["Cl", "Na"], [[0.5, 0.5, 0.5], [1.0, 0, 0]])
+    assert structure_fingerprint(s) == structure_fingerprint(t)
+    u = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.45]])
+    assert structure_fingerprint(s) != structure_fingerprint(u)
+
+
+class Volume(CrystalReward):
+    name = "volume"
+
+    def _compute_batch(self, structures):
+        if any(len(s) == 3 for s in structures):
+            raise RuntimeError("three atoms break the batch")
+        return [s.volume / len(s) for s in structures]
+
+
+def test_trl_protocol_cache_failures_and_logging(caplog):
+    r = Volume()
+    metrics = {}
+    good = rocksalt()
+    three = Structure(Lattice.cubic(5), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0, 0.5, 0.5]])
+    completions = [
+        good,
+        {"structure": good},
+        Tokens(None),
+        Tokens(overlapping()),
+        three,
+        Structure(Lattice.cubic(3), [], []),
+    ]
+    with caplog.at_level(logging.INFO, logger="crystalformer_rl.reward_models.base"):
+        out = r(
+            prompts=["225"] * 6,
+            completions=completions,
+            completion_ids=[[0]] * 6,
+            trainer_state=None,
+            log_metric=metrics.__setitem__,
+        )
+    assert len(out) == 6
+    assert out[0] == pytest.approx(good.volume / 2) and out[1] == out[0]
+    assert out[2:] == [None, None, None, None]
+    reasons = r.last_stats.reasons
+    assert (
+        "could not build" in reasons[2]
+        and "overlapping" in reasons[3]
+        and "three atoms" in reasons[4]
+        and "empty" in reasons[5]
+    )
+    assert {"volume/seconds", "volume/failed_fraction", "volume/cached_fraction"} <= set(metrics)
+    assert any("volume: 6 structures" in rec.message for rec in caplog.records)
+    assert r.last_stats.n_computed == 2  # identical structures computed once, the broken batch isolated
+    r(completions=[good])
+    assert r.last_stats.n_cached == 1 and r.last_stats.n_computed == 0
+    assert Volume(failure_reward=-5.0)(completions=[Tokens(None)]) == [-5.0]
+
+
+# ----------------------------------------------------------------------------------------------- energies / hull
+def test_ase_calculator_toy_hull_and_relaxation():
+    hull = toy_hull()
+    reward = EhullReward(EMT(), hull=hull, energy_scale="toy")
+    cu = fcc("Cu", 3.61)
+    assert reward.compute([cu])[0] == pytest.approx(0.0, abs=1e-6)
+    cual = Structure(Lattice.cubic(2.95), ["Cu", "Al"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    value = reward.compute([cual])[0]
+    assert value is not None and value > -1
+    assert reward(completions=[cual]) == [pytest.approx(-value)]
+    strained = fcc("Cu", 3.75)
+    res = relax_structure(strained, EMT(), fmax=0.02, steps=200)
+    assert res.converged and res.energy < ASEEnergyModel(EMT(), "toy").predict_energies([strained])[0]
+    relaxed = EhullReward(EMT(), hull=hull, energy_scale="toy", relax=True, fmax=0.02)
+    assert relaxed.compute([strained])[0] == pytest.approx(0.0, abs=2e-3)
+
+
+def test_scale_mismatch_is_refused():
+    with pytest.raises(EnergyScaleMismatchError, match="toy"):
+        EhullReward(ASEEnergyModel(EMT(), "gga"), hull=toy_hull("toy"))
+    with pytest.raises(EnergyScaleMismatchError, match="r2scan"):
+        EhullReward(ASEEnergyModel(EMT(), "matpes_pbe"), hull=ReferenceHull.default())
+    with pytest.raises(ValueError, match="energy_scale"):
+        EhullReward(EMT(), hull=toy_hull())
+
+
+def test_nan_and_exploding_energies_give_none():
+    hull = toy_hull()
+    cu = [fcc("Cu", 3.61)]
+    nan = EhullReward(ConstantCalculator(float("nan")), hull=hull, energy_scale="toy")
+    assert nan.compute(cu) == [None] and "non-finite" in nan.last_stats.reasons[0]
+    boom = EhullReward(ConstantCalculator(1e6), hull=hull, energy_scale="toy")
+    assert boom(completions=cu) == [None] and "exploding" in boom.last_stats.reasons[0]
+    hole = EhullReward(ConstantCalculator(-50.0), hull=hull, energy_scale="toy")
+    assert hole.compute(cu) == [None] and "implausible" in hole.last_stats.reasons[0]
+
+
+def test_elements_outside_hull_or_without_mp2020_data():
+    hull = toy_hull()
+    reward = EhullReward(EMT(), hull=hull, energy_scale="toy")
+    assert reward.compute([rocksalt()]) == [None] and "not supported" in reward.last_stats.reasons[0]
+    po = Structure(Lattice.cubic(3.35), ["Po"], [[0, 0, 0]])
+    assert "no MP2020" in mp2020_corrected_energies([po], [-4.0])[0]
+    gga_hull = ReferenceHull.from_entries(
+        [PDEntry(Composition("Po"), -4.0), PDEntry(Composition("Cu"), -3.7)], "gga_mp2020"
+    )
+    gga = EhullReward(ConstantCalculator(-4.0), hull=gga_hull, energy_scale="gga")
+    assert gga.apply_mp2020
+    assert gga.compute([po]) == [None] and "MP2020" in gga.last_stats.reasons[0]
+
+
+def test_mp2020_correction_matches_pymatgen_oxide_correction():
+    mgo = rocksalt("Mg", "O", 4.21)
+    corrected = mp2020_corrected_energies([mgo], [-12.0])[0]
+    assert corrected == pytest.approx(-12.0 - 0.687, abs=1e-3)  # MP2020 oxide correction, one O per cell
+    fe2o3_like = Structure(Lattice.cubic(4.0), ["Fe", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert mp2020_corrected_energies([fe2o3_like], [-10.0])[0] < -10.0 - 0.687  # + Fe GGA+U mixing correction
+
+
+def test_default_hull_references_and_scales():
+    hull = ReferenceHull.default()
+    assert set(hull.energy_scales) == {"r2scan", "gga_mp2020"}
+    assert hull.references["r2scan"]["Si"] == pytest.approx(-8.77, abs=0.01)
+    assert "Fe" in hull.elements and "Fe" not in hull.elements_for("r2scan")
+    assert hull.preferred_scale(Composition("NaCl")) == "r2scan"
+    assert hull.preferred_scale(Composition("Fe2O3")) == "gga_mp2020"
+    assert hull.preferred_scale(Composition("Yb2O3")) is None
+    assert hull.e_above_hull("Si2", hull.references["r2scan"]["Si"] * 2, scale="r2scan") == pytest.approx(
+        0.0, abs=1e-9
+    )
+    data = Path(__file__).resolve().parents[1] / "crystalformer_rl" / "reward_models" / "data"
+    size = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    assert size < 10e6
+
+
+def test_fast_hull_energy_matches_pymatgen_phase_diagram():
+    hull = ReferenceHull.default()
+    rng = np.random.default_rng(0)
+    for syms in [
+        ["Li", "Fe", "P", "O"],
+        ["Na", "Cl"],
+        ["Ti", "Al", "Pd"],
+        ["Si"],
+        ["Mn", "O", "F"],
+        ["Cu", "Zn", "Sn", "S"],
+    ]:
+        for _ in range(4):
+            comp = Composition(dict(zip(syms, rng.integers(1, 7, len(syms)).tolist())))
+            fast = hull.hull_formation_energy_per_atom(comp)
+            assert fast == pytest.approx(hull.phase_diagram(comp.elements).get_hull_energy_per_atom(comp), abs=1e-8)
+
+
+def test_hull_from_files(tmp_path):
+    csv = tmp_path / "hull.csv"
+    csv.write_text("material_id,composition,energy_total_eV\na,Cu1,-3.7\nb,Al1,-3.7\nc,Cu1Al1,-7.8\n")
+    hull = ReferenceHull.from_file(csv, energy_scale="gga_mp2020")
+    assert hull.e_above_hull("CuAl", -7.8) == pytest.approx(0.0)
+    assert hull.e_above_hull("Cu3Al", -3.7 * 4) > 0
+    refs = SHARED / "data" / "mp_hull" / "mp_elemental_reference_entries.json.gz"
+    if refs.exists():
+        el_hull = ReferenceHull.from_file(refs, energy_scale="gga_mp2020")
+        assert len(el_hull.elements) == 89
+
+
+def test_optional_adapters_raise_clear_errors():
+    for cls, pkg in [(OrbEnergyModel, "orb_models"), (MACEEnergyModel, "mace"), (MatterSimEnergyModel, "mattersim")]:
+        if importlib.util.find_spec(pkg) is not None:
+            continue  # installed: the error path would be the (offline) weight download
+        with pytest.raises(ModelUnavailableError, match="pip install"):
+            cls()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sevenn") is None, reason="sevenn not installed")
+def test_sevennet_batched_matches_ase():
+    from crystalformer_rl.reward_models import SevenNetEnergyModel
+
+    model = SevenNetEnergyModel("7net-0")
+    structures = [rocksalt(), silicon()]
+    batched = model.predict_energies(structures)
+    single = ASEEnergyModel(model.ase_calculator(), "gga").predict_energies(structures)
+    assert batched == pytest.approx(single, abs=1e-3)
+    assert model.energy_scale == "gga"
+
+
+def test_matgl_potential_batched_matches_ase():
+    folder = SHARED / "models" / "matgl" / "M3GNet-MP-2021.2.8-PES"
+    if not folder.exists():
+        pytest.skip("shared matgl models missing")
+    from crystalformer_rl.reward_models import MatGLEnergyModel
+
+    model = MatGLEnergyModel(folder)
+    structures = [rocksalt(), silicon()]
+    batched = model.predict_energies(structures)
+    single = ASEEnergyModel(model.ase_calculator(), "gga").predict_energies(structures)
+    assert batched == pytest.approx(single, abs=1e-3)
+    assert model.energy_scale == "gga"
+
+
+# ----------------------------------------------------------------------------------------------- default E_hull (CHGNet)
+def test_default_ehull_on_known_stable_crystals(ehull):
+    values = ehull.compute([rocksalt(), silicon(), bcc_fe()])
+    assert all(v is not None for v in values), ehull.last_stats.reasons
+    nacl, si, fe = values
+    assert -0.15 < nacl < 0.15 and -0.15 < si < 0.15 and -0.15 < fe < 0.15
+    assert ehull.fallback is not None and ehull.fallback_scale == "gga_mp2020"
+    rewards = ehull(prompts=None, completions=[rocksalt(), overlapping(), Tokens(None)], completion_ids=None)
+    assert rewards[0] == pytest.approx(-nacl) and rewards[1] is None and rewards[2] is None
+    assert ehull.last_stats.n_cached == 1
+
+
+def test_default_ehull_robustness(ehull):
+    yb = rocksalt("Yb", "O", 4.8)
+    empty = Structure(Lattice.cubic(3), [], [])
+    nan_cell = rocksalt()
+    nan_cell.replace(0, "Na", coords=[np.nan, 0, 0])
+    out = ehull(completions=[yb, empty, nan_cell, overlapping(), {"no": "structure"}])
+    assert out == [None] * 5
+    assert all(isinstance(r, str) and r for r in ehull.last_stats.reasons)
+
+
+def test_default_ehull_on_mp_rows(ehull):
+    import pandas as pd
+
+    path = SHARED / "data" / "mp20_biternary" / "test.csv.gz"
+    if not path.exists():
+        pytest.skip("shared data missing")
+    df = pd.read_csv(path).sample(12, random_state=3)
+    structures = [Structure.from_str(c, fmt="cif") for c in df["cif"]]
+    values = ehull.compute(structures)
+    err = [abs(v - y) for v, y in zip(values, df["e_above_hull"]) if v is not None]
+    assert len(err) >= 10 and np.median(err) < 0.1
+
+
+# ----------------------------------------------------------------------------------------------- properties
+def test_band_gap_nacl_si_and_batching(band_gap):
+    nacl, si = band_gap.compute([rocksalt(), silicon()])
+    assert 4.5 < nacl < 5.5  # MP (PBE) NaCl: 5.0 eV
+    assert 0.0 <= si < 1.5
+    single = BandGapReward(batch_size=1).compute([rocksalt()])[0]
+    assert single == pytest.approx(nacl, abs=1e-4)
+    matgl_src = BandGapReward(message_aggregation="src").compute([rocksalt()])[0]
+    assert matgl_src < nacl  # matgl 4's own convention underestimates the gap
+
+
+def test_dielectric_and_figure_of_merit(dielectric, band_gap):
+    eps = dielectric.compute([rocksalt(), silicon()])
+    assert 1.5 < eps[0] < 5.0  # DFPT NaCl ε∞ ≈ 2.4
+    assert eps[1] is None or eps[1] > eps[0]  # a small-gap semiconductor screens more
+    meta = json.loads(
+        (
+            Path(__file__).resolve().parents[1] / "crystalformer_rl/reward_models/data/dielectric_model/config.json"
+        ).read_text()
+    )
+    assert "Petousis" in meta["citation"]
+    fom = FigureOfMeritReward(dielectric=dielectric)
+    value = fom.compute([rocksalt()])[0]
+    assert value == pytest.approx(eps[0] * band_gap.compute([rocksalt()])[0], rel=1e-6)
+    assert fom(completions=[rocksalt(), overlapping()]) == [pytest.approx(value), None]
+    assert fom.__name__ == "dielectric_fom"
+
+
+def test_combinations():
+    a, b = Volume(), Volume()
+    s = [rocksalt()]
+    v = a.compute(s)[0]
+    assert ProductReward([a, b]).compute(s)[0] == pytest.approx(v * v)
+    assert WeightedSumReward([a, b], [0.5, 2.0])(completions=s) == [pytest.approx(2.5 * v)]
+    assert ThresholdReward(a, threshold=v + 1)(completions=s) == [1.0]
+    assert ThresholdReward(a, threshold=v + 1, below=False).compute(s) == [0.0]
+    assert WeightedSumReward([a, b]).compute([Tokens(None)]) == [None]
+    hull = toy_hull()
+    stable = StabilityReward(EhullReward(EMT(), hull=hull, energy_scale="toy"))
+    assert stable(completions=[fcc("Cu", 3.61), fcc("Cu", 3.2)]) == [1.0, 0.0]
+    assert stable.__name__ == "stable" and not math.isnan(stable.compute([fcc("Cu", 3.61)])[0])
+
+
+def test_failure_is_a_plain_reason():
+    f = Failure("x")
+    assert str(f) == "x"
