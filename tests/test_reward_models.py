@@ -423,3 +423,24 @@ def test_combinations():
 def test_failure_is_a_plain_reason():
     f = Failure("x")
     assert str(f) == "x"
+
+
+def test_linear_program_hull_matches_qhull_and_handles_many_elements():
+    """Systems above four elements use a linear program (qhull is exponential in the dimension)."""
+    import time
+
+    from pymatgen.core import Composition
+
+    from crystalformer_rl.reward_models.hull import _default_hull, _LinearProgramHull, _LowerHull
+
+    hull = _default_hull()
+    for formula in ("LiFePO4", "Li2MnNiO4", "BaTiO3"):
+        comp = Composition(formula)
+        elements = sorted(el.symbol for el in comp.elements)
+        entries = hull._system_entries(frozenset(elements))
+        assert _LinearProgramHull(elements, entries).energy(comp) == pytest.approx(
+            _LowerHull(elements, entries).energy(comp), abs=1e-8
+        )
+    start = time.perf_counter()
+    energy = hull.hull_formation_energy_per_atom(Composition("LiNaKRbCsFClBrIO2"))
+    assert energy < 0 and time.perf_counter() - start < 5

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .io import atomic_write_bytes
 
@@ -98,7 +99,7 @@ def plot_space_group_bars(
     """Bars of the ``top`` most frequent space groups (grouped bars when several models are given)."""
     series = space_groups if isinstance(space_groups, Mapping) else {"samples": space_groups}
     counts = {
-        label: Counter(int(g) for g in values if g is not None and not (isinstance(g, float) and math.isnan(g)))
+        label: Counter(int(g) for g in values if not pd.isna(g))  # None, NaN and pandas.NA alike
         for label, values in series.items()
     }
     total: Counter = Counter()

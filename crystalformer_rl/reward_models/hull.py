@@ -106,6 +106,41 @@ class _LowerHull:
         return float(min(0.0, np.max(self.planes[:, :-1] @ x[:-1] + self.planes[:, -1])))
 
 
+class _LinearProgramHull:
+    """Hull energy at one composition as a linear program: min Σ λ_i f_i subject to Σ λ_i x_i = x, λ ≥ 0.
+
+    Why: qhull's cost grows exponentially with the number of elements; generated crystals (especially from
+    an undertrained model) often hold 6-8 elements, where one ``ConvexHull`` takes minutes. The LP is exact
+    in any dimension and takes milliseconds. Used for systems of more than ``_LOW_DIMENSION`` elements.
+    """
+
+    def __init__(self, elements: Sequence[str], entries: Sequence[PDEntry]) -> None:
+        self.elements = list(elements)
+        n = len(self.elements)
+        index = {el: k for k, el in enumerate(self.elements)}
+        pts, fs = [np.eye(n)[k] for k in range(n)], [0.0] * n
+        for e in entries:
+            x = np.zeros(n)
+            for el, amt in e.composition.items():
+                x[index[el.symbol]] = amt
+            pts.append(x / x.sum())
+            fs.append(e.energy / e.composition.num_atoms)
+        self.x = np.array(pts).T  # (n, entries)
+        self.f = np.array(fs)
+
+    def energy(self, comp: Composition) -> float:
+        from scipy.optimize import linprog
+
+        target = np.array([comp.get_atomic_fraction(el) for el in self.elements])
+        result = linprog(self.f, A_eq=self.x, b_eq=target, bounds=(0, None), method="highs")
+        if not result.success:
+            raise ValueError(f"hull linear program failed for {comp.reduced_formula}: {result.message}")
+        return float(min(0.0, result.fun))
+
+
+_LOW_DIMENSION = 4  # up to quaternaries qhull is fast; above, the linear program
+
+
 class ReferenceHull:
     """Reference phases (formation energies) plus elemental references per energy scale.
 
@@ -299,7 +334,8 @@ class ReferenceHull:
         key = _chemsys(comp)
         hull = self._hull_cache.get(key)
         if hull is None:
-            hull = _LowerHull(sorted(key), self._system_entries(key))
+            builder = _LowerHull if len(key) <= _LOW_DIMENSION else _LinearProgramHull
+            hull = builder(sorted(key), self._system_entries(key))
             self.n_pd_built += 1
             self._hull_cache[key] = hull
             if len(self._hull_cache) > self.max_cached:

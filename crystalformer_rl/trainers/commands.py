@@ -157,7 +157,7 @@ def run_rl(argv: list[str] | None = None):
     from transformers.trainer_utils import get_last_checkpoint
     from trl import TrlParser
 
-    from ..pretrained import load_model
+    from ..pretrained import SPACE_GROUP_FILE, load_model, space_group_distribution
     from .crystal_rloo_config import CrystalRLConfig
     from .crystal_rloo_trainer import CrystalRLOOTrainer, space_group_prompts
     from .rl_plots import plot_rl_curves
@@ -174,6 +174,9 @@ def run_rl(argv: list[str] | None = None):
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         trainer.create_model_card()
+        counts = space_group_distribution(script.model)  # the fine-tuned model samples the same prompts
+        if counts is not None:
+            (Path(config.output_dir) / SPACE_GROUP_FILE).write_text(json.dumps(counts))
         plot_rl_curves(trainer.state.log_history, Path(config.output_dir) / "rl_curves.png")
         with open(Path(config.output_dir) / "log_history.json", "w") as f:
             json.dump(trainer.state.log_history, f, indent=1)
