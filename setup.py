@@ -37,7 +37,7 @@ EXTRAS = {
     "test": ["pytest>=8", "ruff>=0.6"],
 }
 EXTRAS["rewards"] = EXTRAS["chgnet"] + EXTRAS["matgl"]
-EXTRAS["dev"] = EXTRAS["rewards"] + EXTRAS["test"]
+EXTRAS["dev"] = EXTRAS["rewards"] + EXTRAS["sevenn"] + EXTRAS["test"]
 
 setup(
     name="crystalformer-rl",
@@ -49,7 +49,18 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["crystalformer_rl", "crystalformer_rl.*"]),
     include_package_data=True,
-    package_data={"crystalformer_rl": ["**/*.npz", "**/*.json", "**/*.json.gz", "**/*.safetensors", "**/*.md", "**/*.csv.gz", "**/*.pt", "**/LICENSE*"]},
+    package_data={
+        "crystalformer_rl": [
+            "**/*.npz",
+            "**/*.json",
+            "**/*.json.gz",
+            "**/*.safetensors",
+            "**/*.md",
+            "**/*.csv.gz",
+            "**/*.pt",
+            "**/LICENSE*",
+        ]
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["crystalformer-rl=crystalformer_rl.cli:main"]},

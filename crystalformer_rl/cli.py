@@ -49,6 +49,11 @@ COMMANDS = {
 DATACLASS_COMMANDS = {
     "pretrain": ("crystalformer_rl.trainers.commands", "run_pretrain", "pretrain CrystalFormer by maximum likelihood"),
     "rl": ("crystalformer_rl.trainers.commands", "run_rl", "reinforcement fine-tuning with reward models (RLOO/PPO)"),
+    "sft": (
+        "crystalformer_rl.trainers.sft",
+        "run_sft",
+        "the paper's SFT baseline: sample, relax, keep E_hull < 0.1, fine-tune",
+    ),
 }
 
 

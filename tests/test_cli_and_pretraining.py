@@ -196,3 +196,41 @@ def test_help_lists_every_command():
     text = build_parser().format_help()
     for command in ("sample", "evaluate", "prepare-data", "convert", "pretrain", "rl"):
         assert command in text
+
+
+def test_sft_baseline_keeps_low_ehull_crystals_and_fine_tunes(tiny_folder, tmp_path):
+    """Sample → (relax) → keep E_hull < 0.1 → fine-tune; a cheap E_hull stands in for the potential here."""
+    from crystalformer_rl.trainers.sft import run_sft
+
+    def fake_ehull(structures):  # every other crystal "stable"
+        return [0.0 if i % 2 == 0 else 1.0 for i, _ in enumerate(structures)]
+
+    out = tmp_path / "sft"
+    trainer = run_sft(
+        [
+            "--model",
+            str(tiny_folder),
+            "--num_samples",
+            "40",
+            "--relax",
+            "false",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--learning_rate",
+            "1e-5",
+            "--use_cpu",
+            "true",
+            "--disable_tqdm",
+            "true",
+        ],
+        ehull_fn=fake_ehull,
+    )
+    data = pd.read_parquet(out / "sft_data.parquet")
+    counts = json.loads((out / "sft_selection.json").read_text())
+    assert counts["sampled"] == 40 and 0 < counts["kept"] == len(data) < 40
+    assert (data.e_hull < 0.1).all()
+    assert trainer.state.global_step == 2 and (out / "model.safetensors").exists()

@@ -140,7 +140,10 @@ def test_string_round_trip_on_real_crystals(tokenizer, parity):
         assert CrystalTokens.from_dict(tokens.as_dict()) == tokens
 
 
-@pytest.mark.parametrize("text", ["225-a-La", "225-a-La-0-0-0--5-5-5-90-90-90", "999-a-La-0-0-0-1-1-1-90-90-90", "225-a-Qq-0-0-0-5-5-5-90-90-90"])
+@pytest.mark.parametrize(
+    "text",
+    ["225-a-La", "225-a-La-0-0-0--5-5-5-90-90-90", "999-a-La-0-0-0-1-1-1-90-90-90", "225-a-Qq-0-0-0-5-5-5-90-90-90"],
+)
 def test_bad_strings_raise_typed_errors(text):
     with pytest.raises(CrystalTokenizationError):
         CrystalTokens.from_string(text).to_structure()

@@ -300,7 +300,7 @@ class CrystalTokenizer:
                 f"{label}: {len(sites)} symmetry-inequivalent sites; at most {self.n_max - 1} fit n_max={self.n_max}"
             )
         W = np.array([letter_to_index(site.wp.letter) for site in sites], dtype=np.int64)
-        A = np.array([ELEMENT_SYMBOLS.index(str(site.specie)) for site in sites], dtype=np.int64)
+        A = np.array([_atomic_number(site.specie, label) for site in sites], dtype=np.int64)
         XYZ = np.stack([self._representative(G, w, site.position) for w, site in zip(W, sites)])
         num_atoms = int(tables.mult[G - 1, W].sum())
         L = np.array(xtal.lattice.get_para(), dtype=np.float64)  # lengths in Å, angles in radians
@@ -491,6 +491,17 @@ def to_structure(crystal, name: str | None = None):
                 raise EmptyStructureError(f"{label}: the CIF has a cell but no atom sites") from exc
             raise InvalidStructureError(f"{label}: unparsable CIF ({type(exc).__name__}: {exc})") from exc
     raise InvalidStructureError(f"{label}: cannot read a structure from a {type(crystal).__name__}")
+
+
+def _atomic_number(specie, label: str) -> int:
+    """Atomic number of a pyxtal/pymatgen species ('Fe', 'Fe2+', an Element or Species)."""
+    from pymatgen.core.periodic_table import get_el_sp
+
+    try:
+        element = get_el_sp(str(specie))
+        return int(getattr(element, "element", element).Z)
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise InvalidStructureError(f"{label}: unknown species {specie!r} ({exc})") from exc
 
 
 def _to_numpy(x):
