@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .pretrained import load_model, space_group_distribution
 from .tokenization import CrystalTokenizationError, CrystalTokens
+from .utils import atomic_write_table, atomic_write_text
 
 
 def draw_space_groups(
@@ -62,18 +63,24 @@ def sample_to_frame(model, space_groups: np.ndarray, batch_size: int = 500, prog
     return pd.DataFrame(rows), seconds
 
 
-def write_samples(frame: pd.DataFrame, output_dir: Path, formats: list[str], seconds: float, settings: dict) -> dict:
-    output_dir.mkdir(parents=True, exist_ok=True)
+def structures_from_token_strings(texts) -> list:
+    """pymatgen structures of token strings; ``None`` where a string is missing or is no valid crystal."""
     structures = []
-    for text in frame["tokens"]:
+    for text in texts:
         try:
             structures.append(CrystalTokens.from_string(text).to_structure() if isinstance(text, str) else None)
         except CrystalTokenizationError:
             structures.append(None)
+    return structures
+
+
+def write_samples(frame: pd.DataFrame, output_dir: Path, formats: list[str], seconds: float, settings: dict) -> dict:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    structures = structures_from_token_strings(frame["tokens"])
     frame = frame.assign(valid_tokens=[s is not None for s in structures])
     written = {}
     if "csv" in formats:
-        _atomic(lambda p: frame.to_csv(p, index=False), output_dir / "samples.csv")
+        atomic_write_table(frame, output_dir / "samples.csv")
         written["csv"] = str(output_dir / "samples.csv")
     if "cif" in formats:
         folder = output_dir / "cifs"
@@ -103,12 +110,13 @@ def write_samples(frame: pd.DataFrame, output_dir: Path, formats: list[str], sec
         "files": written,
     }
     if "csv" in formats:
-        _atomic(lambda p: p.write_text(json.dumps(meta, indent=2)), output_dir / "samples.csv.meta.json")
-    _atomic(lambda p: p.write_text(json.dumps(meta, indent=2)), output_dir / "sampling.json")
+        atomic_write_text(json.dumps(meta, indent=2), output_dir / "samples.csv.meta.json")
+    atomic_write_text(json.dumps(meta, indent=2), output_dir / "sampling.json")
     return meta
 
 
 def _atomic(write, path: Path) -> None:
+    """For writers that only take a file name (pymatgen CIF, ASE extxyz)."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)

@@ -28,6 +28,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..tokenization import CrystalTokenizationError, CrystalTokenizer
+from ..utils import atomic_write_table, atomic_write_text
 
 
 STRUCTURE_COLUMNS = ("cif", "structure")
@@ -110,18 +111,6 @@ def _encode(job: tuple[str, Any]) -> dict[str, Any]:
     return {"id": name, **tokens.as_dict(), "num_sites": tokens.num_sites, "num_atoms": tokens.num_atoms}
 
 
-def _atomic_write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
@@ -152,7 +141,7 @@ def prepare_data(
     manifest = out / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text()) != settings:
         raise ValueError(f"{out} holds a run with other settings ({manifest}); use another output folder")
-    _atomic_write_text(json.dumps(settings, indent=2), manifest)
+    atomic_write_text(json.dumps(settings, indent=2), manifest)
     tokenizer.save_pretrained(out)
 
     ds = dataset if dataset is not None else load_crystal_dataset(source, split=split, streaming=streaming)
@@ -185,10 +174,8 @@ def prepare_data(
                         result[column] = crystal if isinstance(crystal, str) else json.dumps(crystal)
                     ok.append(result)
                 bar.update(1)
-            _atomic_write_parquet(pd.DataFrame(ok, columns=_token_columns(keep_structure, column)), shard)
-            tmp = failures_file.with_suffix(".tmp")
-            pd.DataFrame(bad, columns=["id", "error_type", "error"]).to_csv(tmp, index=False)
-            os.replace(tmp, failures_file)
+            atomic_write_table(pd.DataFrame(ok, columns=_token_columns(keep_structure, column)), shard)
+            atomic_write_table(pd.DataFrame(bad, columns=["id", "error_type", "error"]), failures_file)
     finally:
         bar.close()
         if pool is not None:
@@ -206,9 +193,7 @@ def _token_columns(keep_structure: bool, column: str) -> list[str]:
 def _summarise(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     failures = [pd.read_csv(p) for p in sorted((out / "shards").glob("failures-*.csv"))]
     failures = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame(columns=["id", "error_type"])
-    tmp = out / "failures.csv.tmp"
-    failures.to_csv(tmp, index=False)
-    os.replace(tmp, out / "failures.csv")
+    atomic_write_table(failures, out / "failures.csv")
     import pyarrow.parquet as pq
 
     encoded = sum(pq.ParquetFile(p).metadata.num_rows for p in (out / "shards").glob("shard-*.parquet"))
@@ -218,7 +203,7 @@ def _summarise(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         "failed": int(len(failures)),
         "failure_reasons": {str(k): int(v) for k, v in failures["error_type"].value_counts().items()},
     }
-    _atomic_write_text(json.dumps(summary, indent=2), out / "summary.json")
+    atomic_write_text(json.dumps(summary, indent=2), out / "summary.json")
     return summary
 
 

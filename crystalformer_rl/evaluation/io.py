@@ -19,12 +19,15 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
+from ..utils import atomic_write_bytes, atomic_write_table, atomic_write_text
+
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LoadedCrystals",
     "atomic_write_bytes",
+    "atomic_write_table",
     "atomic_write_text",
     "load_crystals",
     "read_table",
@@ -66,34 +69,6 @@ class LoadedCrystals:
                 except (TypeError, ValueError):
                     continue
         return None
-
-
-# ------------------------------------------------------------------------------------------------ writes
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
-    """Write through a temporary file and a rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    return atomic_write_bytes(text.encode("utf-8"), path)
-
-
-def atomic_write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """CSV or parquet by suffix, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".parquet":
-        frame.to_parquet(tmp, index=False)
-    else:
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ reads

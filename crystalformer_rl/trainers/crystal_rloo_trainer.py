@@ -163,6 +163,7 @@ class CrystalRLOOTrainer(RLOOTrainer):
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self.ema_baseline: float | None = None
         self._element_mask = args.elements
+        self._multiplicity = torch.tensor(WyckoffTables.load().mult)
 
     # ------------------------------------------------------------------------------------------ rollouts
     @torch.no_grad()
@@ -267,7 +268,7 @@ class CrystalRLOOTrainer(RLOOTrainer):
         metrics["valid_fraction"].append(scorable.float().mean().item())
         for i, name in enumerate(self.reward_func_names):
             metrics[f"rewards/{name}/mean"].append(torch.nanmean(rewards_per_func[:, i]).item())
-        mult = torch.tensor(WyckoffTables.load().mult, device=tokens["W"].device)
+        mult = self._multiplicity.to(tokens["W"].device)
         num_atoms = mult[tokens["G"].unsqueeze(1) - 1, tokens["W"]].sum(1).float()
         metrics["num_atoms"].append(gather(num_atoms).mean().item())
         metrics["time/sampling_s"].append(sampling_s)

@@ -45,17 +45,12 @@ def build_sft_dataset(model, script: SFTScriptArguments, output_dir: Path, ehull
     from datasets import Dataset
 
     from ..pretrained import space_group_distribution
-    from ..sample import draw_space_groups, sample_to_frame
-    from ..tokenization import CrystalTokenizationError, CrystalTokenizer, CrystalTokens
+    from ..sample import draw_space_groups, sample_to_frame, structures_from_token_strings
+    from ..tokenization import CrystalTokenizationError, CrystalTokenizer
 
     groups = draw_space_groups(script.num_samples, None, space_group_distribution(script.model), script.sample_seed)
     frame, _ = sample_to_frame(model, groups, seed=script.sample_seed)
-    structures = []
-    for text in frame["tokens"]:
-        try:
-            structures.append(CrystalTokens.from_string(text).to_structure() if isinstance(text, str) else None)
-        except CrystalTokenizationError:
-            structures.append(None)
+    structures = structures_from_token_strings(frame["tokens"])
     kept, ehull, counts = select_stable(
         structures, script.ehull_threshold, script.relax, script.fmax, script.relax_steps, ehull_fn, relax_fn
     )
