@@ -1,19 +1,26 @@
 """Train the embedded default CrystalFormer on this project's corpus, on CPU, within a wall-clock budget.
 
-    python scripts/build_corpus.py --output data/corpus          # first
-    python scripts/train_default_model.py --corpus data/corpus --sweep-minutes 5 --total-minutes 45
+    python scripts/build_corpus.py --output data/corpus                      # first
+    python scripts/train_default_model.py --sweep-minutes 6 --main-minutes 66
 
-1. Size sweep: each candidate size trains for ``--sweep-minutes``; the validation NLL picks the winner.
-2. The winner continues (resumed from its checkpoint) until ``--total-minutes`` of training in all.
-3. The result (safetensors, config, tokenizer, model card, loss curves) is written to ``--output``
+1. Size sweep: every candidate gets the same budget (``--sweep-minutes`` of training on the same cores) with a
+   complete schedule (linear warmup, cosine decay to 0): a 40-step probe measures its steps/s, which fixes its
+   ``max_steps``; the validation NLL at the end ranks the candidates.
+2. The winner continues from its sweep weights for ``--main-minutes`` with a fresh warmup + cosine schedule
+   (Adam state restarted), validated per term along the way.
+3. The result (safetensors, config, tokenizer, model card inputs, loss curves, log history) goes to ``--output``
    (default: the package's ``crystalformer_rl/pretrained/default``).
+
+Every phase checkpoints (``--work``): rerun the same command after a kill and it resumes where it stopped (the
+steps planned for a phase are stored in ``plan.json``, so the schedule is the same after a resume).
+Run it alone on the machine: training on shared cores is 10-100x slower.
 """
 
 import argparse
 import json
-import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -21,52 +28,107 @@ from datasets import load_dataset
 from transformers import TrainerCallback
 
 from crystalformer_rl.modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration
+from crystalformer_rl.pretrained import SPACE_GROUP_FILE
 from crystalformer_rl.tokenization import CrystalTokenizer
 from crystalformer_rl.trainers import CrystalPretrainConfig, CrystalPretrainer, plot_loss_curves
+from crystalformer_rl.utils import atomic_write_text
 
 
+# Candidate sizes and their peak learning rates (wider models take a smaller one).
 CANDIDATES = {
-    "xs": {"num_layers": 2, "num_heads": 4, "key_size": 16, "model_size": 64, "embed_size": 32, "h0_size": 64},
-    "s": {"num_layers": 4, "num_heads": 4, "key_size": 32, "model_size": 64, "embed_size": 32, "h0_size": 128},
-    "m": {"num_layers": 4, "num_heads": 8, "key_size": 32, "model_size": 128, "embed_size": 32, "h0_size": 256},
+    "xs": ({"num_layers": 2, "num_heads": 4, "key_size": 16, "model_size": 64, "embed_size": 32, "h0_size": 64}, 2e-3),
+    "s": ({"num_layers": 4, "num_heads": 4, "key_size": 32, "model_size": 64, "embed_size": 32, "h0_size": 128}, 2e-3),
+    "m": (
+        {"num_layers": 4, "num_heads": 8, "key_size": 32, "model_size": 128, "embed_size": 32, "h0_size": 256},
+        1e-3,
+    ),
+    "l": (
+        {"num_layers": 8, "num_heads": 8, "key_size": 32, "model_size": 128, "embed_size": 32, "h0_size": 256},
+        1e-3,
+    ),
 }
+BATCH = 128
+WARMUP_FRACTION = 0.03
 
 
-class TimeBudget(TrainerCallback):
-    """Stop (and checkpoint, and validate) once the wall-clock budget is spent."""
+class Clock(TrainerCallback):
+    """Wall-clock seconds per optimizer step after the first `skip` steps."""
 
-    def __init__(self, seconds: float):
-        self.deadline = time.time() + seconds
+    def __init__(self, skip: int):
+        self.skip, self.start, self.steps = skip, None, 0
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.time() > self.deadline:
-            control.should_training_stop = True
-            control.should_save = True
-            control.should_evaluate = True
+        if state.global_step == self.skip:
+            self.start = time.perf_counter()
+        elif self.start is not None:
+            self.steps += 1
+
+    def rate(self) -> float:
+        return self.steps / (time.perf_counter() - self.start)
 
 
-def train(name, config_kwargs, train_ds, valid_ds, out, seconds, resume=None, eval_steps=200, lr=1e-3):
-    torch.manual_seed(0)
-    model = CrystalFormerForCrystalGeneration(CrystalFormerConfig(**config_kwargs))
+def trainer_for(model, out, max_steps, lr, train_ds, valid_ds, eval_steps, callbacks=(), save=True):
     args = CrystalPretrainConfig(
-        output_dir=str(out / name),
-        max_steps=10**6,
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=BATCH,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(int(WARMUP_FRACTION * max_steps), 1),
         eval_steps=eval_steps,
         save_steps=eval_steps,
-        logging_steps=25,
-        per_device_train_batch_size=64,
-        learning_rate=lr,
+        save_strategy="steps" if save else "no",
+        save_total_limit=2,
+        logging_steps=50,
         use_cpu=True,
         seed=0,
         disable_tqdm=True,
+        report_to="none",
+        eval_strategy="steps" if valid_ds is not None else "no",
     )
-    trainer = CrystalPretrainer(
-        model, args, train_dataset=train_ds, eval_dataset=valid_ds, callbacks=[TimeBudget(seconds)]
-    )
+    return CrystalPretrainer(model, args, train_dataset=train_ds, eval_dataset=valid_ds, callbacks=list(callbacks))
+
+
+def probe_steps_per_second(name, config, lr, train_ds, work) -> float:
+    """Steps/s of this candidate on these cores, timed over steps 2-50: the rest of the first length-grouped
+    mega-batch (50 batches of one random 6,400-crystal draw, sorted by length), so long and short batches in
+    their real proportion."""
+    torch.manual_seed(0)
+    model = CrystalFormerForCrystalGeneration(CrystalFormerConfig(**config))
+    clock = Clock(skip=1)
+    trainer = trainer_for(model, work / "probe" / name, 50, lr, train_ds, None, 10**9, [clock], save=False)
+    trainer.train()
+    shutil.rmtree(work / "probe" / name, ignore_errors=True)
+    return clock.rate()
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def run_phase(key, config, lr, minutes, train_ds, valid_ds, work, plan, init_from=None, evals=8):
+    """Train one phase to its planned step count (resuming if interrupted); return (trainer, metrics, seconds)."""
+    if key not in plan:
+        rate = probe_steps_per_second(key, config, lr, train_ds, work)
+        plan[key] = {"steps_per_second": rate, "max_steps": int(rate * minutes * 60), "lr": lr, "minutes": minutes}
+        atomic_write_text(json.dumps(plan, indent=2), work / "plan.json")
+        print(json.dumps({key: plan[key]}), flush=True)
+    max_steps = plan[key]["max_steps"]
+    torch.manual_seed(0)
+    if init_from:
+        model = CrystalFormerForCrystalGeneration.from_pretrained(init_from)
+    else:
+        model = CrystalFormerForCrystalGeneration(CrystalFormerConfig(**config))
+    eval_steps = max(max_steps // evals, 1)
+    trainer = trainer_for(model, work / key, max_steps, lr, train_ds, valid_ds, eval_steps)
     start = time.time()
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=last_checkpoint(work / key))
     metrics = trainer.evaluate()
-    return trainer, metrics, time.time() - start, sum(p.numel() for p in model.parameters())
+    trainer.save_model(str(work / key / "final"))
+    (work / key / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    plot_loss_curves(trainer.state.log_history, work / key / "loss_curves.png")
+    return trainer, metrics, time.time() - start
 
 
 def main():
@@ -76,59 +138,75 @@ def main():
     parser.add_argument(
         "--output", default=str(Path(__file__).resolve().parents[1] / "crystalformer_rl" / "pretrained" / "default")
     )
-    parser.add_argument("--sweep-minutes", type=float, default=5)
-    parser.add_argument("--total-minutes", type=float, default=45)
+    parser.add_argument("--sweep-minutes", type=float, default=6)
+    parser.add_argument("--main-minutes", type=float, default=66)
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train_ds = load_dataset("parquet", data_files=f"{args.corpus}/train.parquet", split="train")
     valid_ds = load_dataset("parquet", data_files=f"{args.corpus}/validation.parquet", split="train")
-
-    sweep_file = work / "sweep.json"
+    train_ds, valid_ds = (d.remove_columns(["cif", "id", "source"]) for d in (train_ds, valid_ds))
+    plan_file, sweep_file = work / "plan.json", work / "sweep.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
     sweep = json.loads(sweep_file.read_text()) if sweep_file.exists() else {}
+
     for name in args.candidates:
         if name in sweep:
             continue
-        _, metrics, seconds, params = train(name, CANDIDATES[name], train_ds, valid_ds, work, args.sweep_minutes * 60)
-        sweep[name] = {"config": CANDIDATES[name], "parameters": params, "seconds": seconds, **metrics}
-        sweep_file.write_text(json.dumps(sweep, indent=2))
+        config, lr = CANDIDATES[name]
+        trainer, metrics, seconds = run_phase(
+            f"sweep-{name}", config, lr, args.sweep_minutes, train_ds, valid_ds, work, plan
+        )
+        params = sum(p.numel() for p in trainer.model.parameters())
+        sweep[name] = {"config": config, "lr": lr, "parameters": params, "seconds": seconds, **metrics}
+        atomic_write_text(json.dumps(sweep, indent=2), sweep_file)
         print(json.dumps({name: sweep[name]}), flush=True)
     best = min(sweep, key=lambda n: sweep[n]["eval_loss"])
     print(f"best size: {best}", flush=True)
 
-    checkpoints = sorted((work / best).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    remaining = max(args.total_minutes - args.sweep_minutes, 0) * 60
-    trainer, metrics, seconds, params = train(
-        best,
-        CANDIDATES[best],
+    config, lr = CANDIDATES[best]
+    trainer, metrics, seconds = run_phase(
+        f"main-{best}",
+        config,
+        lr,
+        args.main_minutes,
         train_ds,
         valid_ds,
         work,
-        remaining,
-        resume=str(checkpoints[-1]) if checkpoints else None,
+        plan,
+        init_from=str(work / f"sweep-{best}" / "final"),
+        evals=16,
     )
-    out = Path(args.output)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = Path(args.output)  # overwrite the model files only: the model card and shipped extras stay
+    out.mkdir(parents=True, exist_ok=True)
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.save_pretrained(out)
     CrystalTokenizer(n_max=model.config.n_max).save_pretrained(out)
-    plot_loss_curves(trainer.state.log_history, work / "loss_curves.png")
-    (work / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    counts = Counter(int(g) for g in train_ds["G"])
+    atomic_write_text(json.dumps({str(g): counts[g] for g in sorted(counts)}), out / SPACE_GROUP_FILE)
+    sweep_history = json.loads((work / f"sweep-{best}" / "log_history.json").read_text())
     result = {
         "best": best,
-        "parameters": params,
-        "steps": trainer.state.global_step,
-        "crystals_seen": trainer.state.global_step * 64,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch": BATCH,
+        "lr": lr,
+        "steps": {"sweep": plan[f"sweep-{best}"]["max_steps"], "main": trainer.state.global_step},
+        "crystals_seen": (plan[f"sweep-{best}"]["max_steps"] + trainer.state.global_step) * BATCH,
+        "epochs": (plan[f"sweep-{best}"]["max_steps"] + trainer.state.global_step) * BATCH / len(train_ds),
         "validation": metrics,
         "sweep": sweep,
-        "total_training_minutes": round((sweep[best]["seconds"] + seconds) / 60, 1),
+        "plan": plan,
+        "training_minutes": {
+            "sweep_all_candidates": round(sum(s["seconds"] for s in sweep.values()) / 60, 1),
+            "winner_total": round((sweep[best]["seconds"] + seconds) / 60, 1),
+        },
     }
-    (work / "result.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(json.dumps(result, indent=2), work / "result.json")
+    atomic_write_text(
+        json.dumps({"sweep": sweep_history, "main": trainer.state.log_history}, indent=1), work / "log_history.json"
+    )
     print(json.dumps(result, indent=2))
-    os.sync()
 
 
 if __name__ == "__main__":

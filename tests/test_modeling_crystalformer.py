@@ -380,3 +380,24 @@ def test_reference_names_are_config_aliases():
     assert config.hidden_dropout == 0.2
     with pytest.raises(Exception, match="position_embedding_type"):
         CrystalFormerConfig(position_embedding_type="alibi")
+
+
+def test_loss_only_path_equals_the_output_rows_path():
+    """`output_logits=False` (the trainers' path) gives the same log-likelihood terms, loss and gradients as
+    the path that assembles the reference's output rows, and skips the rows."""
+    batch = example_batch()
+    grads = []
+    for output_logits in (True, False):
+        model = random_model()
+        out = model(**batch, output_logits=output_logits)
+        assert (out.logits is None) != output_logits
+        out.loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        if output_logits:
+            reference = {t: getattr(out, t).detach() for t in (*TERMS, "logp", "loss")}
+        else:
+            for term, value in reference.items():
+                torch.testing.assert_close(getattr(out, term).detach(), value, rtol=1e-12, atol=1e-12)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-10, atol=1e-12)

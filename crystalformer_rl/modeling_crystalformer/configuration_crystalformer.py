@@ -51,8 +51,11 @@ class CrystalFormerConfig(PreTrainedConfig):
             one of the `n_max` sites must stay empty. When True, the distribution of the last site's Wyckoff
             letter only allows padding (in the likelihood and in sampling), so a sampled sequence always has a
             lattice row. When False the reference behaviour is kept: a crystal filling all `n_max` sites reads
-            its lattice from the last site's row (JAX clamps the out-of-range index). The two only differ for
-            crystals with `n_max - 1` or more sites, which the training data never contain.
+            its lattice from the last site's row (JAX clamps the out-of-range index), and the stop letter after
+            `n_max - 1` sites keeps its learned probability. The two differ for crystals with `n_max - 1` or
+            more sites; such crystals do occur in training data (MP-20 holds P1 crystals with 20 sites), and
+            for them the default log-likelihood lacks the reference's log p(stop) term. `False` reproduces the
+            reference exactly (use it for converted official checkpoints when exact likelihoods matter).
         lambda_w, lambda_a, lambda_l (`float`, defaults to 1.0): weights of the Wyckoff, element and lattice
             negative log-likelihoods in the training loss (the coordinate term has weight 1).
     """

@@ -7,13 +7,14 @@ NLL (W, A, XYZ, L), and a loss-curve plot.
 
 from __future__ import annotations
 
-import json
 import os
-from collections import defaultdict
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import has_length
 
 from ..tokenization import CrystalCollator
 from .pretrain_config import CrystalPretrainConfig
@@ -30,6 +31,9 @@ class CrystalPretrainer(Trainer):
         collator = kwargs.pop("data_collator", None) or PaddingCollator(n_max, pad_to_n_max=args.pad_to_n_max)
         # Constant symmetry tables are buffers (some boolean, which gloo cannot broadcast): DDP skips them.
         model._ddp_params_and_buffers_to_ignore = [name for name, _ in model.named_buffers()]
+        if args.compile_model:
+            # Compile only the part after input validation: no graph breaks, a few shape-generic graphs.
+            model._forward_checked = torch.compile(model._forward_checked, dynamic=True)
         super().__init__(
             model=model,
             args=args,
@@ -38,22 +42,34 @@ class CrystalPretrainer(Trainer):
             data_collator=collator,
             **kwargs,
         )
-        self._term_sums = defaultdict(float)
+        self._term_sums = None  # running (len(TERMS),) tensor: no host sync per step, read when logging
         self._term_count = 0
 
+    def _get_train_sampler(self, train_dataset=None):
+        """Length-grouped batches from the site counts (the `length_column_name` column, else counted from A):
+        `Trainer` would look for token ids. Reshuffled every epoch."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or dataset is None or not has_length(dataset):
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=site_counts(dataset, self.args.length_column_name),
+        )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        outputs = model(**inputs, output_logits=False)
         if model.training:
-            for term in TERMS:
-                self._term_sums[term] += outputs[term].detach().float().item()
+            terms = torch.stack([outputs[term].detach().float() for term in TERMS])
+            self._term_sums = terms if self._term_sums is None else self._term_sums + terms
             self._term_count += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._term_count and "loss" in logs:
-            for term in TERMS:
-                logs[f"train_{term}"] = round(self._term_sums[term] / self._term_count, 4)
-            self._term_sums.clear()
+            means = (self._term_sums / self._term_count).tolist()
+            for term, value in zip(TERMS, means):
+                logs[f"train_{term}"] = round(value, 4)
+            self._term_sums = None
             self._term_count = 0
         super().log(logs, *args, **kwargs)
 
@@ -72,7 +88,7 @@ class CrystalPretrainer(Trainer):
         sums = torch.zeros(len(TERMS) + 2, device=self.args.device, dtype=torch.float64)
         for batch in loader:
             batch = self._prepare_inputs(batch)
-            out = model(**batch)
+            out = model(**batch, output_logits=False)
             sums += _weighted(out, batch["G"].shape[0], sums.device)
         model.train(was_training)
         sums = self.accelerator.reduce(sums, reduction="sum")
@@ -84,6 +100,13 @@ class CrystalPretrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def site_counts(dataset, column: str = "num_sites") -> list[int]:
+    """Occupied sites per crystal: the precomputed column when there is one, else the non-zero atom types."""
+    if column in (getattr(dataset, "column_names", None) or ()):
+        return [int(n) for n in dataset[column]]
+    return [int(np.count_nonzero(np.asarray(row["A"]))) for row in dataset]
 
 
 def _weighted(out, size: int, device) -> torch.Tensor:
@@ -133,10 +156,3 @@ def plot_loss_curves(log_history: list[dict], path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def save_log_history(log_history: list[dict], path: str | os.PathLike) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(log_history, f, indent=1)
-    os.replace(tmp, path)
