@@ -221,6 +221,66 @@ def test_ase_calculator_toy_hull_and_relaxation():
     assert relaxed.compute([strained])[0] == pytest.approx(0.0, abs=2e-3)
 
 
+def _emt_structures():
+    """Real MP crystals EMT can score (Cu, Al, Ni, Ag, Au, Pd, Pt), strained and rattled away from equilibrium."""
+    import pandas as pd
+
+    wanted = {"mp-12802", "mp-1229031", "mp-1487", "mp-522", "mp-16514"}
+    frames = [pd.read_csv(SHARED / "data" / "mp20_pilot" / f"{split}.csv.gz") for split in ("train", "val")]
+    rows = pd.concat(frames).drop_duplicates("material_id").set_index("material_id").loc[sorted(wanted)]
+    out = []
+    for seed, cif in enumerate(rows.cif):
+        s = Structure.from_str(cif, fmt="cif")
+        s.scale_lattice(s.volume * 1.06)
+        s.perturb(0.08, min_distance=0.02, seed=seed)
+        out.append(s)
+    return out
+
+
+def test_lockstep_relaxation_equals_one_by_one_ase_fire():
+    """Lockstep relaxation (one batched force call per step) follows each structure's own FIRE trajectory:
+    the same step counts, convergence and energies as FIRE(FrechetCellFilter).run one structure at a time."""
+    from crystalformer_rl.reward_models.energy import relax_in_lockstep
+
+    structures = _emt_structures()
+    model = ASEEnergyModel(EMT(), "toy")
+    calls, done = [], []
+
+    def predict_efs(batch):
+        calls.append(len(batch))
+        return model.predict_efs(batch)
+
+    batched = relax_in_lockstep(structures, predict_efs, fmax=0.05, steps=150, on_done=done.append)
+    one = [relax_structure(s, EMT(), fmax=0.05, steps=150) for s in structures]
+    assert sorted(done) == list(range(len(structures)))
+    assert calls[0] == len(structures) and max(calls[1:]) <= len(structures)
+    assert len(calls) == 1 + max(r.steps for r in batched)  # one batched call per step, not one per structure
+    for b, o, s in zip(batched, one, structures):
+        assert (b.steps, b.converged) == (o.steps, o.converged)
+        assert abs(b.energy - o.energy) / len(s) < 1e-8
+        np.testing.assert_allclose(b.structure.lattice.matrix, o.structure.lattice.matrix, atol=1e-8)
+
+
+def test_lockstep_relaxation_isolates_a_failing_structure(caplog):
+    """A structure whose evaluation raises (or gives NaN) fails alone; the others still relax."""
+    from crystalformer_rl.reward_models.energy import relax_in_lockstep
+
+    structures = _emt_structures()
+    model = ASEEnergyModel(EMT(), "toy")
+    bad = structures[1].composition
+
+    def predict_efs(batch):
+        if any(s.composition == bad for s in batch):
+            if len(batch) == 1:
+                raise RuntimeError("graph conversion failed")
+            raise RuntimeError("batch failed")
+        return model.predict_efs(batch)
+
+    results = relax_in_lockstep(structures, predict_efs, fmax=0.05, steps=100)
+    assert isinstance(results[1], RuntimeError) and "graph conversion" in str(results[1])
+    assert all(r.converged for i, r in enumerate(results) if i != 1)
+
+
 def test_scale_mismatch_is_refused():
     with pytest.raises(EnergyScaleMismatchError, match="toy"):
         EhullReward(ASEEnergyModel(EMT(), "gga"), hull=toy_hull("toy"))

@@ -19,6 +19,8 @@ from typing import Any
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
+from ..reward_models.energy import RelaxResult
+
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +73,28 @@ def default_relax_fn(
 
     The reward is ``reward``, else the one behind ``ehull_fn`` (from :func:`default_ehull_fn`), else a new
     ``EhullReward()``. When it exposes no model, CHGNet's ``StructOptimizer`` (same optimizer and filter) is used.
+    The returned function is batched (``relax_fn.batched``): models with ``relax_many`` relax a whole list in
+    lockstep, one batched force call per step; it takes ``on_done(index)`` for progress.
     """
     reward = reward if reward is not None else getattr(ehull_fn, "reward", None)
     model = _energy_model_of(reward if reward is not None else _default_reward()) or _CHGNetRelaxer()
 
-    def relax_fn(structures: list[Structure]) -> list[Any]:
+    def relax_fn(structures: list[Structure], on_done: Callable[[int], None] | None = None) -> list[Any]:
+        if callable(getattr(model, "relax_many", None)):
+            results = model.relax_many(structures, fmax=fmax, steps=steps, on_done=on_done)
+            return [r if not isinstance(r, RelaxResult) else (r.structure, float(r.energy)) for r in results]
         out = []
-        for s in structures:
-            result = model.relax(s, fmax=fmax, steps=steps)
-            out.append(result if isinstance(result, tuple) else (result.structure, float(result.energy)))
+        for i, s in enumerate(structures):
+            try:
+                result = model.relax(s, fmax=fmax, steps=steps)
+                out.append(result if isinstance(result, tuple) else (result.structure, float(result.energy)))
+            except Exception as exc:
+                out.append(exc)
+            if on_done is not None:
+                on_done(i)
         return out
 
+    relax_fn.batched = True  # type: ignore[attr-defined]
     return relax_fn
 
 
@@ -161,37 +174,59 @@ def relax_structures(
     fmax: float = 0.1,
     steps: int = 500,
     progress: bool = True,
+    chunk_size: int = 64,
 ) -> tuple[list[Structure | None], list[float | None], list[str | None]]:
-    """Relaxed structure, its total energy (eV) and the failure reason, per input; one structure at a time.
+    """Relaxed structure, its total energy (eV) and the failure reason, per input.
 
-    One at a time so that a relaxation that blows up costs only its own row, and the progress bar moves.
+    A batched ``relax_fn`` (the default, see :func:`default_relax_fn`) gets ``chunk_size`` structures at a time
+    and reports each as it finishes; any other ``relax_fn`` gets one structure at a time, so that a relaxation
+    that blows up costs only its own row. Either way a failure is that row's reason, never the run's.
     """
     relax_fn = relax_fn or default_relax_fn(fmax=fmax, steps=steps)
     relaxed: list[Structure | None] = [None] * len(structures)
     energies: list[float | None] = [None] * len(structures)
     reasons: list[str | None] = [None] * len(structures)
-    for i, s in enumerate(tqdm(structures, desc="relaxing", unit="crystal", disable=not progress)):
+    todo = [i for i, s in enumerate(structures) if s is not None]
+    for i, s in enumerate(structures):
         if s is None:
             reasons[i] = "no structure"
-            continue
-        try:
-            (result,) = list(relax_fn([s]))
-        except Exception as exc:
-            reasons[i] = f"relaxation failed: {type(exc).__name__}: {exc}"
-            continue
-        if result is None or getattr(result, "reason", None) is not None:
-            reasons[i] = f"relaxation failed: {getattr(result, 'reason', 'no result')}"
-            continue
-        structure, energy = result if isinstance(result, tuple) else (result.structure, result.energy)
-        if not isinstance(structure, Structure):
-            reasons[i] = f"relaxation returned a {type(structure).__name__}, not a Structure"
-            continue
-        relaxed[i] = structure
-        try:
-            energies[i] = float(energy) if energy is not None and math.isfinite(float(energy)) else None
-        except (TypeError, ValueError):
-            energies[i] = None
-    n_failed = sum(r is None for r in relaxed)
+    batched = getattr(relax_fn, "batched", False)
+    size = max(1, chunk_size) if batched else 1
+    bar = tqdm(total=len(todo), desc="relaxing", unit="crystal", disable=not progress)
+    try:
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            try:
+                if batched:
+                    results = list(relax_fn([structures[i] for i in chunk], on_done=lambda _: bar.update(1)))
+                else:
+                    results = list(relax_fn([structures[i] for i in chunk]))
+                    bar.update(len(chunk))
+                if len(results) != len(chunk):
+                    raise RuntimeError(f"{len(results)} results for {len(chunk)} structures")
+            except Exception as exc:
+                results = [exc] * len(chunk)
+            for i, result in zip(chunk, results):
+                relaxed[i], energies[i], reasons[i] = _relaxation_outcome(result)
+    finally:
+        bar.close()
+    n_failed = sum(relaxed[i] is None for i in todo)
     if n_failed:
         logger.warning("relaxation: %d/%d structures not relaxed", n_failed, len(structures))
     return relaxed, energies, reasons
+
+
+def _relaxation_outcome(result: Any) -> tuple[Structure | None, float | None, str | None]:
+    """(structure, energy, reason) from whatever a relax_fn returned for one structure."""
+    if isinstance(result, Exception):
+        return None, None, f"relaxation failed: {type(result).__name__}: {result}"
+    if result is None or getattr(result, "reason", None) is not None:
+        return None, None, f"relaxation failed: {getattr(result, 'reason', 'no result')}"
+    structure, energy = result if isinstance(result, tuple) else (result.structure, result.energy)
+    if not isinstance(structure, Structure):
+        return None, None, f"relaxation returned a {type(structure).__name__}, not a Structure"
+    try:
+        value = float(energy) if energy is not None and math.isfinite(float(energy)) else None
+    except (TypeError, ValueError):
+        value = None
+    return structure, value, None

@@ -3,7 +3,8 @@
 Every reward is a :class:`CrystalReward`: ``reward(prompts, completions, completion_ids, **kwargs)`` follows
 TRL's reward-function protocol (one float or ``None`` per completion) and ``reward.compute(structures)`` returns
 the physical quantity (E_hull in eV/atom, band gap in eV, ε∞, ...). Heavy dependencies (chgnet, matgl, sevenn,
-...) are imported lazily, when a model is built.
+...) are imported lazily, when a model is built. Every model takes ``device`` (default ``"auto"``: the rank's CUDA
+device when there is one, else the CPU; :func:`resolve_device`), so each rank scores its own samples.
 
 Example::
 
@@ -13,6 +14,7 @@ Example::
     trainer = RLOOTrainer(..., reward_funcs=[ehull, FigureOfMeritReward()])
 """
 
+from ..devices import DeviceError, resolve_device
 from .base import CallStats, CrystalReward, Failure, as_structure, check_structure, structure_fingerprint
 from .combine import FigureOfMeritReward, ProductReward, StabilityReward, ThresholdReward, WeightedSumReward
 from .ehull import EhullReward, EnergyScaleMismatchError
@@ -41,6 +43,7 @@ __all__ = [
     "CHGNetEnergyModel",
     "CallStats",
     "CrystalReward",
+    "DeviceError",
     "DielectricReward",
     "EhullReward",
     "EnergyModel",
@@ -65,5 +68,6 @@ __all__ = [
     "load_energy_model",
     "mp2020_corrected_energies",
     "relax_structure",
+    "resolve_device",
     "structure_fingerprint",
 ]

@@ -87,15 +87,20 @@ class FigureOfMeritReward(ProductReward):
     Args:
         dielectric: a :class:`DielectricReward` (default: shipped model, sharing ``band_gap``).
         band_gap: a :class:`BandGapReward` (default: shipped MEGNet, PBE fidelity).
+        device: where the default models run (``"auto"``: the rank's CUDA device, else CPU); given ones stay put.
     """
 
     unit = "eV"
 
     def __init__(
-        self, dielectric: DielectricReward | None = None, band_gap: BandGapReward | None = None, **kwargs: Any
+        self,
+        dielectric: DielectricReward | None = None,
+        band_gap: BandGapReward | None = None,
+        device: Any = "auto",
+        **kwargs: Any,
     ) -> None:
-        band_gap = band_gap or (dielectric.band_gap if dielectric is not None else BandGapReward())
-        dielectric = dielectric or DielectricReward(band_gap=band_gap)
+        band_gap = band_gap or (dielectric.band_gap if dielectric is not None else BandGapReward(device=device))
+        dielectric = dielectric or DielectricReward(band_gap=band_gap, device=device)
         super().__init__([dielectric, band_gap], name="dielectric_fom", **kwargs)
         self.dielectric, self.band_gap = dielectric, band_gap
 
@@ -147,7 +152,11 @@ class ThresholdReward(_Composite):
 
 
 class StabilityReward(ThresholdReward):
-    """1 if E_hull < ``threshold`` (0.1 eV/atom: the paper's "stable"), else 0."""
+    """1 if E_hull < ``threshold`` (0.1 eV/atom: the paper's "stable"), else 0; ``device`` is where the default
+    :class:`EhullReward`'s potentials run (``"auto"``: the rank's CUDA device, else CPU)."""
 
-    def __init__(self, ehull: EhullReward | None = None, threshold: float = 0.1, **kwargs: Any) -> None:
-        super().__init__(ehull or EhullReward(), threshold=threshold, below=True, name="stable", **kwargs)
+    def __init__(
+        self, ehull: EhullReward | None = None, threshold: float = 0.1, device: Any = "auto", **kwargs: Any
+    ) -> None:
+        ehull = ehull or EhullReward(device=device)
+        super().__init__(ehull, threshold=threshold, below=True, name="stable", **kwargs)

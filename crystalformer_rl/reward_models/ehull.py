@@ -9,6 +9,7 @@ from typing import Any
 
 from pymatgen.core import Structure
 
+from ..devices import resolve_device
 from .base import CrystalReward, Failure
 from .energy import GGA, GGA_MP2020, R2SCAN, EnergyModel, load_energy_model, mp2020_corrected_energies
 from .hull import ReferenceHull
@@ -40,6 +41,8 @@ class EhullReward(CrystalReward):
             ``"auto"`` = CHGNet 0.3.0 (GGA+MP2020 scale) when needed, ``None`` = score such systems with
             ``calculator`` if its scale has references for all their elements, else ``None``.
         energy_scale: scale of a raw ASE calculator's energies (``"gga"``, ``"r2scan"``, ...).
+        device: where the potentials built from specs run (``"auto"``: the rank's CUDA device, else CPU, so each
+            rank scores its own samples on its own GPU); ``"cpu"``, ``"cuda:1"`` or a ``torch.device`` also work.
         relax: relax each crystal with the potential before scoring (FIRE + FrechetCellFilter; slow).
         fmax, max_steps: relaxation convergence (eV/Å) and step limit.
         ehull_range: E_hull outside this window (eV/atom) is treated as an MLIP failure (a hole or an explosion).
@@ -60,6 +63,7 @@ class EhullReward(CrystalReward):
         *,
         fallback_calculator: EnergyModel | str | Any | None = "auto",
         energy_scale: str | None = None,
+        device: Any = "auto",
         relax: bool = False,
         fmax: float = 0.1,
         max_steps: int = 300,
@@ -68,8 +72,9 @@ class EhullReward(CrystalReward):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.device = resolve_device(device)
         self.hull = hull if hull is not None else ReferenceHull.default()
-        self.calculator = load_energy_model(calculator, energy_scale=energy_scale)
+        self.calculator = load_energy_model(calculator, energy_scale=energy_scale, device=self.device)
         self.scale, self.apply_mp2020 = _match_scale(self.calculator, self.hull)
         self.fallback: EnergyModel | None = None
         self.fallback_scale: str | None = None
@@ -79,7 +84,7 @@ class EhullReward(CrystalReward):
             if isinstance(fallback_calculator, str) and fallback_calculator == "auto":
                 fallback_calculator = "chgnet-0.3.0" if GGA_MP2020 in other_scales else None
             if fallback_calculator is not None:
-                self.fallback = load_energy_model(fallback_calculator)
+                self.fallback = load_energy_model(fallback_calculator, device=self.device)
                 self.fallback_scale, self.fallback_mp2020 = _match_scale(self.fallback, self.hull)
                 if self.fallback_scale == self.scale:
                     self.fallback = None  # same scale: nothing to fall back to

@@ -15,6 +15,10 @@ An :class:`EnergyModel` turns structures into total energies (eV per cell). Each
 Fast batched paths exist for CHGNet, matgl potentials and SevenNet; any ASE calculator works through
 :class:`ASEEnergyModel`. Orb, MACE and MatterSim are optional adapters that download their weights at run
 time; they raise :class:`ModelUnavailableError` with a clear message when that is impossible.
+
+Every model built here takes ``device`` (default ``"auto"``: the rank's CUDA device when there is one, else the
+CPU; see :func:`crystalformer_rl.devices.resolve_device`), so under ``accelerate launch`` each rank scores its own
+samples on its own GPU.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase.calculators.calculator import Calculator
 from pymatgen.core import Element, Structure
+
+from ..devices import resolve_device
 
 
 logger = logging.getLogger(__name__)
@@ -104,6 +111,25 @@ class EnergyModel(ABC):
         """Relax positions and cell with this model (ASE FIRE + FrechetCellFilter)."""
         return relax_structure(structure, self.ase_calculator(), fmax=fmax, steps=steps)
 
+    def predict_efs(self, structures: Sequence[Structure]) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Energy (eV), forces (n, 3) eV/Å and stress (ASE convention, eV/Å^3) per structure; raise on failure.
+        One at a time through the ASE calculator here; models with a batched forward override it."""
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        calculator, out = self.ase_calculator(), []
+        for structure in structures:
+            atoms = AseAtomsAdaptor.get_atoms(structure)
+            atoms.calc = calculator
+            out.append((float(atoms.get_potential_energy()), atoms.get_forces(), atoms.get_stress(voigt=False)))
+        return out
+
+    def relax_many(
+        self, structures: Sequence[Structure], fmax: float = 0.1, steps: int = 500, on_done=None
+    ) -> list[RelaxResult | Exception]:
+        """Relax many structures at once: ASE FIRE + FrechetCellFilter per structure, in lockstep, with one
+        batched `predict_efs` call per step for all unconverged structures (see :func:`relax_in_lockstep`)."""
+        return relax_in_lockstep(structures, self.predict_efs, fmax=fmax, steps=steps, on_done=on_done)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, energy_scale={self.energy_scale!r})"
 
@@ -121,6 +147,112 @@ def relax_structure(structure: Structure, calculator: Any, fmax: float = 0.1, st
     energy = float(atoms.get_potential_energy())
     relaxed = AseAtomsAdaptor.get_structure(atoms)
     return RelaxResult(structure=relaxed, energy=energy, converged=converged, steps=int(opt.get_number_of_steps()))
+
+
+class _PrecomputedResults(Calculator):
+    """An ASE calculator that only returns what the lockstep driver stored for the current atoms."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def calculate(self, atoms=None, properties=None, system_changes=None):
+        raise RuntimeError("atoms moved without a batched evaluation (lockstep relaxation bug)")
+
+    def store(self, atoms, energy: float, forces: np.ndarray, stress: np.ndarray) -> None:
+        self.atoms = atoms.copy()
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces, "stress": stress}
+
+
+def relax_in_lockstep(
+    structures: Sequence[Structure], predict_efs, fmax: float = 0.1, steps: int = 500, on_done=None
+) -> list[RelaxResult | Exception]:
+    """Relax structures with ASE's own FIRE on a FrechetCellFilter each, stepping all of them together.
+
+    Each optimizer runs exactly as `FIRE(...).run(fmax, steps)` would (same convergence test, step count and
+    trajectory: the one-by-one result), but the forces and stresses of all unconverged structures come from one
+    `predict_efs(structures)` call per step, so a batched potential does the work of many calls in one. A
+    structure whose evaluation raises fails alone (its exception is its result). `on_done(index)` is called as
+    each structure finishes. Warnings (e.g. scipy's "logm result may be inaccurate" from the cell filter) are
+    counted and logged once.
+    """
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    n = len(structures)
+    results: list[RelaxResult | Exception | None] = [None] * n
+    atoms = [AseAtomsAdaptor.get_atoms(s) for s in structures]
+    calculators = [_PrecomputedResults() for _ in range(n)]
+    optimizers = []
+    for a, calc in zip(atoms, calculators):
+        a.calc = calc
+        opt = FIRE(FrechetCellFilter(a), logfile=None)
+        opt.fmax = fmax
+        optimizers.append(opt)
+
+    def finish(i: int, outcome) -> None:
+        results[i] = outcome
+        if on_done is not None:
+            on_done(i)
+
+    def evaluate(indices: list[int]) -> list[int]:
+        """Store energy, forces and stress for `indices`; return those that could be evaluated."""
+        try:
+            batch = predict_efs([AseAtomsAdaptor.get_structure(atoms[i]) for i in indices])
+            pairs = list(zip(indices, batch, strict=True))
+        except Exception:
+            if len(indices) == 1:
+                raise
+            pairs = []
+            for i in indices:  # isolate the structure that breaks the batch
+                try:
+                    pairs.append((i, predict_efs([AseAtomsAdaptor.get_structure(atoms[i])])[0]))
+                except Exception as exc:
+                    finish(i, exc)
+        ok = []
+        for i, (energy, forces, stress) in pairs:
+            if not (np.isfinite(energy) and np.all(np.isfinite(forces)) and np.all(np.isfinite(stress))):
+                finish(i, FloatingPointError("non-finite energy, forces or stress"))
+                continue
+            calculators[i].store(atoms[i], float(energy), np.asarray(forces, float), np.asarray(stress, float))
+            ok.append(i)
+        return ok
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        active = list(range(n))
+        try:
+            active = evaluate(active)
+        except Exception as exc:
+            active, results = [], [exc] * n
+        while active:
+            moved = []
+            for i in active:
+                opt = optimizers[i]
+                converged = opt.gradient_converged(opt.optimizable.get_gradient())
+                if converged or opt.nsteps >= steps:
+                    energy = float(atoms[i].get_potential_energy())
+                    relaxed = AseAtomsAdaptor.get_structure(atoms[i])
+                    finish(i, RelaxResult(structure=relaxed, energy=energy, converged=converged, steps=opt.nsteps))
+                    continue
+                opt.step()
+                opt.nsteps += 1
+                moved.append(i)
+            if len(moved) == 1:
+                try:
+                    active = evaluate(moved)
+                except Exception as exc:
+                    finish(moved[0], exc)
+                    active = []
+            else:
+                active = evaluate(moved) if moved else []
+    if caught:
+        counts: dict[str, int] = {}
+        for w in caught:
+            key = f"{w.category.__name__}: {str(w.message).splitlines()[0][:80]}"
+            counts[key] = counts.get(key, 0) + 1
+        summary = "; ".join(f"{k} (x{v})" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+        logger.info("relaxation of %d structures: %d warnings: %s", n, len(caught), summary)
+    return results  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------------- ASE
@@ -157,9 +289,13 @@ class ASEEnergyModel(EnergyModel):
 
 
 # --------------------------------------------------------------------------------------------------- CHGNet
+def load_chgnet(model_name: str = "r2scan", device: Any = "auto") -> Any:
+    """Load a CHGNet shipped in the ``chgnet`` wheel once per process and device (rewards share it)."""
+    return _load_chgnet(model_name, str(resolve_device(device)))
+
+
 @lru_cache(maxsize=4)
-def load_chgnet(model_name: str = "r2scan", device: str = "cpu") -> Any:
-    """Load a CHGNet shipped in the ``chgnet`` wheel once per process (rewards share it)."""
+def _load_chgnet(model_name: str, device: str) -> Any:
     try:
         from chgnet.model import CHGNet
     except ImportError as exc:  # pragma: no cover - chgnet is part of the "rewards" extra
@@ -184,7 +320,8 @@ class CHGNetEnergyModel(EnergyModel):
         model: ``"r2scan"`` (r2SCAN scale), ``"0.3.0"``/``"0.2.0"`` (GGA/GGA+U + MP2020 scale, MPtrj), or a
             loaded ``CHGNet``.
         batch_size: structures per forward pass (CHGNet is memory-hungry on CPU above 16).
-        device: torch device.
+        device: ``"auto"`` (the rank's CUDA device, else CPU), ``"cpu"``, ``"cuda:1"``, a ``torch.device``; a
+            loaded ``CHGNet`` is moved there too.
         energy_scale: override the scale inferred from the model name.
     """
 
@@ -192,15 +329,16 @@ class CHGNetEnergyModel(EnergyModel):
         self,
         model: str | Any = "r2scan",
         batch_size: int = 16,
-        device: str = "cpu",
+        device: Any = "auto",
         energy_scale: str | None = None,
     ) -> None:
+        self.device = resolve_device(device)
         if isinstance(model, str):
             self.name = f"CHGNet-{model}"
-            self.model = load_chgnet(model, device)
+            self.model = load_chgnet(model, self.device)
             inferred = R2SCAN if "r2scan" in model.lower() else GGA_MP2020
         else:
-            self.model = model
+            self.model = model.to(self.device)
             self.name = f"CHGNet-{getattr(model, 'version', 'custom')}"
             inferred = R2SCAN if "r2scan" in str(getattr(model, "version", "")).lower() else GGA_MP2020
         self.model.eval()
@@ -222,7 +360,23 @@ class CHGNetEnergyModel(EnergyModel):
     def ase_calculator(self) -> Any:
         from chgnet.model.dynamics import CHGNetCalculator
 
-        return CHGNetCalculator(model=self.model, use_device="cpu")
+        return CHGNetCalculator(model=self.model, use_device=str(self.device))
+
+    def predict_efs(self, structures: Sequence[Structure]) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Batched energies, forces and stresses, converted as `CHGNetCalculator` does (eV, eV/Å, eV/Å^3).
+        Runs on the model's device (`predict_structure` moves each graph there); results come back as numpy."""
+        from ase import units
+
+        with warnings.catch_warnings():  # forces and stress come from autograd: no torch.no_grad here
+            warnings.simplefilter("ignore")
+            preds = self.model.predict_structure(list(structures), task="efs", batch_size=self._batch_size)
+        if isinstance(preds, dict):
+            preds = [preds]
+        factor = (lambda s: len(s)) if self.model.is_intensive else (lambda s: 1)
+        return [
+            (float(np.asarray(p["e"]).reshape(-1)[0]) * factor(s), np.asarray(p["f"]), np.asarray(p["s"]) * units.GPa)
+            for p, s in zip(preds, structures)
+        ]
 
     def supported_elements(self) -> Iterable[str]:
         return self._elements
@@ -263,9 +417,13 @@ class MatGLEnergyModel(EnergyModel):
             ``matgl.apps.pes.Potential``.
         energy_scale: override the scale inferred from the name (MP-2021 → ``"gga"``, MatPES-PBE → ``"matpes_pbe"``).
         batch_size: structures per forward pass.
+        device: where the potential runs (``"auto"``: the rank's CUDA device, else CPU); a loaded one is moved.
     """
 
-    def __init__(self, model: str | Path | Any, energy_scale: str | None = None, batch_size: int = 16) -> None:
+    def __init__(
+        self, model: str | Path | Any, energy_scale: str | None = None, batch_size: int = 16, device: Any = "auto"
+    ) -> None:
+        self.device = resolve_device(device)
         try:
             import matgl
         except ImportError as exc:  # pragma: no cover
@@ -284,6 +442,7 @@ class MatGLEnergyModel(EnergyModel):
             self.name = type(model).__name__
         if not hasattr(self.potential, "calc_forces"):
             raise TypeError(f"{self.name} is not a matgl Potential (got {type(self.potential).__name__})")
+        self.potential = self.potential.to(self.device)
         self.potential.eval()
         self.energy_scale = energy_scale or _matgl_scale(self.name)
         self._batch_size = int(batch_size)
@@ -302,15 +461,17 @@ class MatGLEnergyModel(EnergyModel):
             g, lat, _ = self._converter.get_graph(s)
             graphs.append(g)
             lattices.append(lat[0])
-        batch = Batch.from_data_list(graphs)
+        # graph and lattice together: the Potential moves its inputs only when the lattice is elsewhere
+        batch = Batch.from_data_list(graphs).to(self.device)
+        lattice = torch.stack(lattices).to(self.device)
         flags = (self.potential.calc_forces, self.potential.calc_stresses)
         self.potential.calc_forces = self.potential.calc_stresses = False
         try:
             with torch.no_grad():
-                energies = self.potential(batch, torch.stack(lattices), None)[0]
+                energies = self.potential(batch, lattice, None)[0]
         finally:
             self.potential.calc_forces, self.potential.calc_stresses = flags
-        return [float(e) for e in energies.reshape(-1)]
+        return [float(e) for e in energies.reshape(-1).cpu()]
 
     def ase_calculator(self) -> Any:
         from matgl.ext.ase import PESCalculator
@@ -332,6 +493,7 @@ class SevenNetEnergyModel(EnergyModel):
         model: a pretrained name (``"7net-0"``, ``"7net-l3i5"``, ``"7net-mf-0"``) or a checkpoint path.
         modal: fidelity of multi-fidelity models (``"PBE"`` or ``"R2SCAN"`` for ``7net-mf-0``).
         energy_scale: override; ``"r2scan"`` for modal R2SCAN, ``"gga"`` otherwise.
+        device: where the model runs (``"auto"``: the rank's CUDA device, else CPU).
     """
 
     def __init__(
@@ -340,15 +502,16 @@ class SevenNetEnergyModel(EnergyModel):
         modal: str | None = None,
         energy_scale: str | None = None,
         batch_size: int = 8,
-        device: str = "cpu",
+        device: Any = "auto",
     ) -> None:
+        self.device = resolve_device(device)
         try:
             from sevenn.calculator import SevenNetCalculator
         except ImportError as exc:
             raise ModelUnavailableError("SevenNet is not installed: pip install 'crystalformer-rl[sevenn]'") from exc
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.calculator = SevenNetCalculator(model, device=device, modal=modal)
+            self.calculator = SevenNetCalculator(model, device=self.device, modal=modal)
         self.name = f"SevenNet-{model}" + (f"-{modal}" if modal else "")
         self.modal = modal
         self.energy_scale = energy_scale or (R2SCAN if modal and "r2scan" in modal.lower() else GGA)
@@ -392,7 +555,8 @@ class SevenNetEnergyModel(EnergyModel):
 
 # --------------------------------------------------------------------------------------------------- optional
 class _LazyASEModel(EnergyModel):
-    """Adapter for potentials whose package/weights may be missing: everything is imported on construction."""
+    """Adapter for potentials whose package/weights may be missing: everything is imported on construction.
+    Subclasses set ``self.device`` (resolved, so a bad device fails as such, before any download) first."""
 
     package = ""
     extra = ""
@@ -435,9 +599,9 @@ class OrbEnergyModel(_LazyASEModel):
     extra = "orb"
 
     def __init__(
-        self, model: str = "orb-v2", weights_path: str | None = None, device: str = "cpu", energy_scale: str = GGA
+        self, model: str = "orb-v2", weights_path: str | None = None, device: Any = "auto", energy_scale: str = GGA
     ) -> None:
-        self.model_name, self.weights_path, self.device = model, weights_path, device
+        self.model_name, self.weights_path, self.device = model, weights_path, resolve_device(device)
         self.name = f"Orb-{model}"
         super().__init__(energy_scale)
 
@@ -450,10 +614,10 @@ class OrbEnergyModel(_LazyASEModel):
             factory = pretrained.ORB_PRETRAINED_MODELS[self.model_name]
         if factory is None:
             raise ValueError(f"unknown Orb model {self.model_name!r}")
-        kwargs: dict[str, Any] = {"device": self.device}
+        kwargs: dict[str, Any] = {"device": str(self.device)}
         if self.weights_path:
             kwargs["weights_path"] = self.weights_path
-        return ORBCalculator(factory(**kwargs), device=self.device)
+        return ORBCalculator(factory(**kwargs), device=str(self.device))
 
 
 class MACEEnergyModel(_LazyASEModel):
@@ -462,15 +626,15 @@ class MACEEnergyModel(_LazyASEModel):
     package = "mace-torch"
     extra = "mace"
 
-    def __init__(self, model: str = "medium", device: str = "cpu", energy_scale: str = GGA) -> None:
-        self.model_name, self.device = model, device
+    def __init__(self, model: str = "medium", device: Any = "auto", energy_scale: str = GGA) -> None:
+        self.model_name, self.device = model, resolve_device(device)
         self.name = f"MACE-MP-{Path(model).name}"
         super().__init__(energy_scale)
 
     def _load(self) -> Any:
         from mace.calculators import mace_mp
 
-        return mace_mp(model=self.model_name, device=self.device, default_dtype="float64")
+        return mace_mp(model=self.model_name, device=str(self.device), default_dtype="float64")
 
 
 class MatterSimEnergyModel(_LazyASEModel):
@@ -480,46 +644,52 @@ class MatterSimEnergyModel(_LazyASEModel):
     extra = "mattersim"
 
     def __init__(
-        self, load_path: str = "MatterSim-v1.0.0-1M.pth", device: str = "cpu", energy_scale: str = GGA
+        self, load_path: str = "MatterSim-v1.0.0-1M.pth", device: Any = "auto", energy_scale: str = GGA
     ) -> None:
-        self.load_path, self.device = load_path, device
+        self.load_path, self.device = load_path, resolve_device(device)
         self.name = f"MatterSim-{Path(load_path).stem}"
         super().__init__(energy_scale)
 
     def _load(self) -> Any:
         from mattersim.forcefield import MatterSimCalculator
 
-        return MatterSimCalculator(load_path=self.load_path, device=self.device)
+        return MatterSimCalculator(load_path=self.load_path, device=str(self.device))
 
 
-def load_energy_model(spec: str | EnergyModel | Any | None = None, energy_scale: str | None = None) -> EnergyModel:
+def load_energy_model(
+    spec: str | EnergyModel | Any | None = None, energy_scale: str | None = None, device: Any = "auto"
+) -> EnergyModel:
     """Build an :class:`EnergyModel` from a short spec.
 
     ``None``/``"chgnet-r2scan"`` → CHGNet r2SCAN (default); ``"chgnet"``/``"chgnet-0.3.0"`` → CHGNet GGA;
     ``"7net-0"``/``"sevennet"``; ``"orb"``/``"orb-v2"``; ``"mace"``; ``"mattersim"``; a matgl folder or name
     (``"M3GNet-..."``/``"TensorNet-..."``); an :class:`EnergyModel`; or an ASE calculator (then ``energy_scale``
-    is required).
+    is required). ``device`` applies to models built from a spec (``"auto"``: the rank's CUDA device, else CPU);
+    an :class:`EnergyModel` or ASE calculator stays where it was built.
     """
     if isinstance(spec, EnergyModel):
         if energy_scale is not None and energy_scale != spec.energy_scale:
             spec.energy_scale = energy_scale
         return spec
+    if spec is None or isinstance(spec, (str, Path)):
+        device = resolve_device(device)  # a bad device fails as such, before any weights are loaded
     if spec is None or (isinstance(spec, str) and spec.lower() in {"chgnet-r2scan", "r2scan"}):
-        return CHGNetEnergyModel("r2scan", energy_scale=energy_scale)
+        return CHGNetEnergyModel("r2scan", energy_scale=energy_scale, device=device)
     if isinstance(spec, (str, Path)):
         s = str(spec)
         low = s.lower()
         if low in {"chgnet", "chgnet-0.3.0", "chgnet-0.2.0"}:
-            return CHGNetEnergyModel(low.split("-", 1)[1] if "-" in low else "0.3.0", energy_scale=energy_scale)
+            name = low.split("-", 1)[1] if "-" in low else "0.3.0"
+            return CHGNetEnergyModel(name, energy_scale=energy_scale, device=device)
         if low.startswith("7net") or low == "sevennet":
-            return SevenNetEnergyModel("7net-0" if low == "sevennet" else s, energy_scale=energy_scale)
+            return SevenNetEnergyModel("7net-0" if low == "sevennet" else s, energy_scale=energy_scale, device=device)
         if low.startswith("orb"):
-            return OrbEnergyModel("orb-v2" if low == "orb" else s, energy_scale=energy_scale or GGA)
+            return OrbEnergyModel("orb-v2" if low == "orb" else s, energy_scale=energy_scale or GGA, device=device)
         if low.startswith("mace"):
-            return MACEEnergyModel(energy_scale=energy_scale or GGA)
+            return MACEEnergyModel(energy_scale=energy_scale or GGA, device=device)
         if low.startswith("mattersim"):
-            return MatterSimEnergyModel(energy_scale=energy_scale or GGA)
-        return MatGLEnergyModel(s, energy_scale=energy_scale)
+            return MatterSimEnergyModel(energy_scale=energy_scale or GGA, device=device)
+        return MatGLEnergyModel(s, energy_scale=energy_scale, device=device)
     if hasattr(spec, "get_potential_energy") or hasattr(spec, "calculate"):
         if energy_scale is None:
             raise ValueError(

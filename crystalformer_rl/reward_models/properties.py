@@ -13,6 +13,8 @@ Dielectric: no pretrained offline model exists, so ``scripts/train_dielectric.py
 on the Petousis et al. DFPT data (Sci. Data 4, 160134 (2017)) predicting ``poly_electronic`` (ε∞, the mean
 eigenvalue of the electronic dielectric tensor) from CHGNet crystal features, composition/structure descriptors,
 the MEGNet gap and Penn-model features (ε∞ ≈ 1 + (ħω_p / E_gap)², ω_p from the valence-electron density).
+
+Both take ``device`` (default ``"auto"``: the rank's CUDA device when there is one, else the CPU).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from pymatgen.core import Composition, Element, Structure
 
+from ..devices import resolve_device
 from .base import CrystalReward, Failure
 from .energy import ModelUnavailableError, load_chgnet
 
@@ -93,6 +96,7 @@ class MatGLPropertyModel:
         message_aggregation: ``"dst"`` restores the DGL-era MEGNet convention the shipped weights were trained
             with (see module docstring); ``"src"`` keeps matgl 4's.
         batch_size: structures per forward pass.
+        device: where the model runs (``"auto"``: the rank's CUDA device, else CPU); a loaded model is moved.
     """
 
     def __init__(
@@ -101,8 +105,11 @@ class MatGLPropertyModel:
         state_attr: int | None = 0,
         message_aggregation: str = "dst",
         batch_size: int = 64,
+        device: Any = "auto",
     ) -> None:
+        self.device = resolve_device(device)
         self.model = load_matgl_model(model) if isinstance(model, (str, Path)) else model
+        self.model = self.model.to(self.device)
         self.model.eval()
         self.name = Path(str(model)).name if isinstance(model, (str, Path)) else type(model).__name__
         inner = getattr(self.model, "model", self.model)
@@ -132,16 +139,19 @@ class MatGLPropertyModel:
                 g.pbc_offshift = g.pbc_offset @ lat[0]
                 g.pos = g.frac_coords @ lat[0]
                 graphs.append(g)
-            state = None if self.state_attr is None else torch.full((len(graphs),), self.state_attr, dtype=torch.long)
+            state = None
+            if self.state_attr is not None:
+                state = torch.full((len(graphs),), self.state_attr, dtype=torch.long, device=self.device)
             with torch.no_grad():
-                pred = self.model(g=Batch.from_data_list(graphs), state_attr=state)
+                pred = self.model(g=Batch.from_data_list(graphs).to(self.device), state_attr=state)
             out.append(pred.reshape(-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
 
-@lru_cache(maxsize=2)
-def _default_bandgap_model(message_aggregation: str = "dst") -> MatGLPropertyModel:
-    return MatGLPropertyModel(BANDGAP_MODEL_DIR, state_attr=0, message_aggregation=message_aggregation)
+@lru_cache(maxsize=4)
+def _default_bandgap_model(message_aggregation: str, device: str) -> MatGLPropertyModel:
+    """One shipped MEGNet per convention and device, shared by every reward that needs a gap."""
+    return MatGLPropertyModel(BANDGAP_MODEL_DIR, state_attr=0, message_aggregation=message_aggregation, device=device)
 
 
 class BandGapReward(CrystalReward):
@@ -153,6 +163,8 @@ class BandGapReward(CrystalReward):
         fidelity: MEGNet-mfi state: 0 PBE, 1 GLLB-SC, 2 HSE, 3 SCAN.
         clip_negative: clip small negative predictions to 0 (a gap is never negative; keeps products sane).
         message_aggregation: see :class:`MatGLPropertyModel`.
+        device: where the model runs (``"auto"``: the rank's CUDA device, else CPU); a given
+            :class:`MatGLPropertyModel` stays where it is.
     """
 
     name = "band_gap"
@@ -165,20 +177,23 @@ class BandGapReward(CrystalReward):
         clip_negative: bool = True,
         message_aggregation: str = "dst",
         batch_size: int = 64,
+        device: Any = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if isinstance(model, MatGLPropertyModel):
             self.model = model
         elif model is None and fidelity == 0 and batch_size == 64:
-            self.model = _default_bandgap_model(message_aggregation)
+            self.model = _default_bandgap_model(message_aggregation, str(resolve_device(device)))
         else:
             self.model = MatGLPropertyModel(
                 model or BANDGAP_MODEL_DIR,
                 state_attr=fidelity,
                 message_aggregation=message_aggregation,
                 batch_size=batch_size,
+                device=device,
             )
+        self.device = self.model.device
         self.clip_negative = bool(clip_negative)
 
     def supported_elements(self) -> frozenset[str]:
@@ -258,19 +273,24 @@ def penn_features(gap: np.ndarray, plasma_ev: np.ndarray) -> np.ndarray:
 
 class DielectricFeaturizer:
     """Builds the dielectric model's inputs; ``kind`` is ``"desc"`` (descriptors + gap + Penn) or
-    ``"chgnet+desc"`` (plus CHGNet r2SCAN crystal features)."""
+    ``"chgnet+desc"`` (plus CHGNet r2SCAN crystal features, computed on ``device``)."""
 
     def __init__(
-        self, kind: str = "chgnet+desc", band_gap: BandGapReward | None = None, chgnet_model: str = "r2scan"
+        self,
+        kind: str = "chgnet+desc",
+        band_gap: BandGapReward | None = None,
+        chgnet_model: str = "r2scan",
+        device: Any = "auto",
     ) -> None:
         if kind not in {"desc", "chgnet+desc"}:
             raise ValueError(f"unknown featurization {kind!r}")
         self.kind = kind
-        self.band_gap = band_gap or BandGapReward()
+        self.device = resolve_device(device)
+        self.band_gap = band_gap or BandGapReward(device=self.device)
         self.chgnet_model = chgnet_model
 
     def chgnet_features(self, structures: Sequence[Structure], batch_size: int = 16) -> np.ndarray:
-        model = load_chgnet(self.chgnet_model)
+        model = load_chgnet(self.chgnet_model, self.device)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             preds = model.predict_structure(
@@ -357,6 +377,8 @@ class DielectricReward(CrystalReward):
             (default: the shipped model).
         band_gap: the band-gap reward used for the gap/Penn features (shared cache with a FoM reward).
         max_value: predictions above this are reported as failures (out of the training domain).
+        device: where the ensemble, CHGNet features and (default) band gap run (``"auto"``: the rank's CUDA device,
+            else CPU).
     """
 
     name = "dielectric"
@@ -367,15 +389,19 @@ class DielectricReward(CrystalReward):
         model_dir: str | Path | None = None,
         band_gap: BandGapReward | None = None,
         max_value: float = 300.0,
+        device: Any = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.device = resolve_device(device)
         folder = Path(model_dir) if model_dir is not None else DIELECTRIC_MODEL_DIR
         if not (folder / "model.safetensors").exists():
             raise ModelUnavailableError(f"no dielectric model in {folder}; train one with scripts/train_dielectric.py")
-        self.model, self.metadata = DielectricEnsemble.load(folder)
-        self.band_gap = band_gap or BandGapReward()
-        self.featurizer = DielectricFeaturizer(self.metadata.get("features", "chgnet+desc"), band_gap=self.band_gap)
+        model, self.metadata = DielectricEnsemble.load(folder)
+        self.model = model.to(self.device)
+        self.band_gap = band_gap or BandGapReward(device=self.device)
+        features = self.metadata.get("features", "chgnet+desc")
+        self.featurizer = DielectricFeaturizer(features, band_gap=self.band_gap, device=self.device)
         self.max_value = float(max_value)
 
     def supported_elements(self) -> frozenset[str]:
@@ -391,7 +417,7 @@ class DielectricReward(CrystalReward):
         if ok:
             x = self.featurizer([structures[i] for i in ok], gaps=[gaps[i] for i in ok])
             with torch.no_grad():
-                eps = torch.exp(self.model(torch.as_tensor(x))).numpy()
+                eps = torch.exp(self.model(torch.as_tensor(x, device=self.device))).cpu().numpy()
             for i, e in zip(ok, eps):
                 out[i] = float(e) if e <= self.max_value else Failure(f"ε∞ {e:.3g} outside the training domain")
         return [o if o is not None else Failure("not scored") for o in out]

@@ -1,0 +1,114 @@
+"""Relaxation throughput: all structures in lockstep with batched CHGNet calls vs one by one; prints JSON.
+
+    python benchmarks/bench_relax.py --samples samples/samples.csv -n 1000 --one-by-one 40
+
+Both paths are ASE FIRE on a FrechetCellFilter with the reference's settings (fmax 0.1 eV/Å, at most 500 steps)
+and CHGNet (the E_hull reward's r2SCAN model). The one-by-one path runs on the first ``--one-by-one`` of the
+structures; the batched path on all ``-n``, and its energies on the common structures are compared with the
+one-by-one ones (eV/atom). The structures are a random draw (``--seed``) of the samples that can be built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+
+def generated_structures(samples: str, n: int, seed: int):
+    """n structures, in random order (seed), from a samples table or CIF folder; unbuildable rows dropped."""
+    from crystalformer_rl.evaluation.io import load_crystals
+
+    structures = [s for s in load_crystals(samples, progress=False).structures if s is not None]
+    order = np.random.default_rng(seed).permutation(len(structures))
+    return [structures[i] for i in order[:n]]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", required=True, help="a samples table or CIF folder (`crystalformer-rl sample`)")
+    parser.add_argument("-n", type=int, default=1000, help="structures relaxed in lockstep")
+    parser.add_argument("--one-by-one", type=int, default=40, help="structures also relaxed one by one")
+    parser.add_argument("--chunk", type=int, default=64, help="structures per lockstep group")
+    parser.add_argument("--batch-size", type=int, default=64, help="structures per CHGNet forward pass")
+    parser.add_argument("--fmax", type=float, default=0.1)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from crystalformer_rl.evaluation.stability import relax_structures
+    from crystalformer_rl.reward_models.energy import CHGNetEnergyModel, relax_structure
+
+    structures = generated_structures(args.samples, args.n, args.seed)
+    model = CHGNetEnergyModel("r2scan", batch_size=args.batch_size)
+
+    def relax_fn(chunk, on_done=None):
+        return model.relax_many(chunk, fmax=args.fmax, steps=args.steps, on_done=on_done)
+
+    relax_fn.batched = True
+    start = time.perf_counter()
+    relaxed, energies, reasons = relax_structures(structures, relax_fn, chunk_size=args.chunk)
+    batched_seconds = time.perf_counter() - start
+
+    subset = structures[: args.one_by_one]
+    one, one_energies, start = [], [], time.perf_counter()
+    calculator = model.ase_calculator()
+    for s in subset:
+        try:
+            result = relax_structure(s, calculator, fmax=args.fmax, steps=args.steps)
+            one.append(result)
+            one_energies.append(result.energy)
+        except Exception:
+            one.append(None)
+            one_energies.append(None)
+    one_seconds = time.perf_counter() - start
+    diffs = [
+        abs(b - o) / len(s)
+        for b, o, s in zip(energies[: len(subset)], one_energies, subset)
+        if b is not None and o is not None
+    ]
+    per_batched = batched_seconds / len(structures)
+    per_one = one_seconds / max(len(subset), 1)
+    print(
+        json.dumps(
+            {
+                "benchmark": "relax",
+                "model": model.name,
+                "threads": torch.get_num_threads(),
+                "cores": os.cpu_count(),
+                "fmax": args.fmax,
+                "max_steps": args.steps,
+                "batched": {
+                    "structures": len(structures),
+                    "seconds": round(batched_seconds, 1),
+                    "seconds_per_structure": round(per_batched, 3),
+                    "failed": int(sum(r is None for r in relaxed)),
+                    "projected_minutes_for_1000": round(per_batched * 1000 / 60, 1),
+                },
+                "one_by_one": {
+                    "structures": len(subset),
+                    "seconds": round(one_seconds, 1),
+                    "seconds_per_structure": round(per_one, 3),
+                    "projected_minutes_for_1000": round(per_one * 1000 / 60, 1),
+                },
+                "speedup": round(per_one / per_batched, 2),
+                "energy_agreement_ev_per_atom": {
+                    "compared": len(diffs),
+                    "max_abs": float(np.max(diffs)) if diffs else None,
+                    "median_abs": float(np.median(diffs)) if diffs else None,
+                    "within_0.01": int(sum(d <= 0.01 for d in diffs)),
+                },
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
