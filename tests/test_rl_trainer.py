@@ -1,18 +1,28 @@
 import json
+import logging
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import trl
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from crystalformer_rl.tokenization import CrystalTokens
 from crystalformer_rl.trainers import CrystalRLConfig, CrystalRLOOTrainer, space_group_prompts
 from crystalformer_rl.trainers.crystal_rloo_trainer import EMA_STATE_NAME
+from tests.helpers.rl_crystals import (
+    KNOWN_FRACTIONS,
+    ToyEhull,
+    known_inputs,
+    known_prompts,
+    known_rollout,
+    logging_anion_share,
+)
 from tests.helpers.rl_toy import SPACE_GROUPS, anion_fraction, tiny_model, train_fixed
 
 
@@ -30,6 +40,29 @@ def make_trainer(tmp_path, model, beta=0.01, steps=21, lr=3e-3, batch=24, **kwar
         **kwargs,
     )
     return CrystalRLOOTrainer(model, anion_fraction, args=args, train_dataset=space_group_prompts(SPACE_GROUPS * 30))
+
+
+def known_trainer(tmp_path, reward_funcs=None, batch=10, **kwargs):
+    """A trainer whose rollouts are the hand-made crystals of ``tests.helpers.rl_crystals`` (known properties)."""
+    args = CrystalRLConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=batch,
+        num_generations=2,
+        use_cpu=True,
+        logging_steps=1,
+        seed=0,
+        save_strategy=kwargs.pop("save_strategy", "no"),
+        **kwargs,
+    )
+    trainer = CrystalRLOOTrainer(
+        tiny_model(),
+        reward_funcs if reward_funcs is not None else ToyEhull(),
+        args=args,
+        train_dataset=known_prompts(),
+        rollout_fn=known_rollout,
+    )
+    trainer.model.train()
+    return trainer
 
 
 @torch.no_grad()
@@ -73,7 +106,7 @@ def test_rl_raises_a_verifiable_reward_with_bounded_kl(tmp_path):
     logged = [h for h in trainer.state.log_history if "reward" in h]
     assert len(logged) == 7  # one generation every μ = 3 optimizer steps
     assert logged[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as p_base
-    assert all(np.isfinite(h["kl"]) and 0 <= h["valid_fraction"] <= 1 for h in logged)
+    assert all(np.isfinite(h["kl"]) and 0 <= h["valid_fraction"] <= h["struct_valid_fraction"] for h in logged)
 
 
 def test_a_very_large_tau_keeps_the_policy_at_the_base_model(tmp_path):
@@ -175,3 +208,137 @@ def test_config_validation():
         CrystalRLConfig(output_dir="x", baseline="mean")
     with pytest.raises(ValueError, match="space groups"):
         space_group_prompts([0, 231])
+
+
+def test_save_steps_off_the_sampling_cycle_are_refused():
+    """A checkpoint between two sampled batches cannot resume exactly (TRL keeps no position in the μ updates)."""
+    with pytest.raises(ValueError, match=r"save_steps=4 is not a multiple of num_iterations=3"):
+        CrystalRLConfig(output_dir="x", use_cpu=True, save_strategy="steps", save_steps=4, num_iterations=3)
+    with pytest.raises(ValueError, match=r"save_steps=5 .*num_iterations=3"):  # 0.5 of 10 steps
+        CrystalRLConfig(output_dir="x", use_cpu=True, save_steps=0.5, max_steps=10)
+    assert CrystalRLConfig(output_dir="x", use_cpu=True, save_steps=6).save_steps == 6
+    assert CrystalRLConfig(output_dir="x", use_cpu=True, save_steps=4, save_strategy="no").save_steps == 4
+
+
+def test_metrics_that_rewards_report_are_logged_and_drained(tmp_path):
+    """``log_metric`` / ``log_extra`` of reward callables (e.g. ``ehull/failed_fraction``) reach the logs, and the
+    pending buffers are emptied every batch instead of growing."""
+    trainer = known_trainer(tmp_path, [ToyEhull(), logging_anion_share], max_steps=6)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    assert len(logged) == 2  # two sampled batches, μ = 3
+    for h in logged:
+        for key in ("ehull/failed_fraction", "ehull/seconds", "ehull/cached_fraction", "anion_share/batch_mean"):
+            assert h[key] is not None and np.isfinite(h[key]), key
+        assert 0 <= h["ehull/failed_fraction"] <= 1
+    assert not trainer._pending_metrics and not trainer._pending_extra_logs
+    assert len(trainer._logs["extra"]["anion_share"]) == 10
+
+
+def test_per_step_crystal_metrics_match_the_evaluation_definitions(tmp_path):
+    """Stable fraction (``stable_threshold``), structure / composition validity, batch uniqueness, single-element
+    share, and "scorable" kept apart from "valid", on crystals whose properties are known by construction."""
+    trainer = known_trainer(tmp_path)
+    trainer._generate_and_score_completions(known_inputs())
+    metrics = trainer._metrics["train"]
+    for key, expected in KNOWN_FRACTIONS.items():
+        assert metrics[key] == [pytest.approx(expected)], key
+
+    strict = known_trainer(tmp_path / "strict", stable_threshold=-0.01)  # toy E_hull is ≥ 0: nothing is stable
+    strict._generate_and_score_completions(known_inputs())
+    assert strict._metrics["train"]["rewards/ehull/stable_fraction"] == [0.0]
+
+
+@pytest.mark.parametrize("kl_in_loss", [False, True])
+def test_unscorable_crystals_score_the_reference_failure_reward(tmp_path, kl_in_loss):
+    """Default: a crystal no reward scores gets reward −10 (the reference's clipped E_hull), enters the baseline
+    and is pushed away from — in both KL modes."""
+    trainer = known_trainer(tmp_path, beta=0.1, kl_in_loss=kl_in_loss)
+    out = trainer._generate_and_score_completions(known_inputs())
+    ehull = np.array([0, 0, 0, 0.5, 1 / 6, np.nan, np.nan, 0, 0, 1 / 6])  # ToyEhull; 5 and 6 unscorable
+    rewards = np.where(np.isnan(ehull), -10.0, -ehull)
+    baseline = rewards.mean()  # b₀ = the first batch's mean; KL = 0 while the policy is p_base
+    assert trainer.ema_baseline == pytest.approx(baseline, abs=1e-5)
+    np.testing.assert_allclose(out["advantages"].numpy(), rewards - baseline, atol=1e-5)
+    assert out["advantages"][5] < 0 and out["advantages"][5] == out["advantages"][6]
+    assert trainer._metrics["train"]["scorable_fraction"] == [pytest.approx(0.8)]
+
+
+def test_with_trls_failure_rule_unscorable_crystals_neither_pull_nor_push(tmp_path):
+    """``failure_reward=None``: advantage 0 and, with ``kl_in_loss``, no KL term either (the loss is 0 when nothing
+    is scorable, even after the policy moved away from p_base)."""
+    trainer = known_trainer(
+        tmp_path,
+        [lambda prompts, completions, **kw: [None] * len(completions)],
+        failure_reward=None,
+        kl_in_loss=True,
+        beta=1.0,
+    )
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = trainer._generate_and_score_completions(known_inputs())
+    assert torch.all(out["advantages"] == 0)
+    assert (out["old_logps"] - out["ref_logps"]).abs().max() > 1e-3  # the KL term would not vanish by itself
+    assert trainer._compute_loss(trainer.model, out).item() == 0.0
+
+
+def test_rewards_are_clipped_to_the_reference_range(tmp_path):
+    wild = [25.0, -30.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    trainer = known_trainer(tmp_path, [lambda prompts, completions, crystal, **kw: [wild[c] for c in crystal]])
+    trainer._generate_and_score_completions(known_inputs())
+    clipped = np.clip(wild, -10, 10)
+    assert trainer.ema_baseline == pytest.approx(clipped.mean(), abs=1e-5)
+    assert trainer._metrics["train"]["reward"] == [pytest.approx(clipped.mean(), abs=1e-5)]
+
+
+def test_rloo_gives_the_only_scorable_crystal_of_a_group_advantage_zero(tmp_path):
+    """As TRL: with no scorable sibling there is no leave-one-out baseline (0/0), hence no advantage."""
+    trainer = known_trainer(tmp_path, baseline="rloo", failure_reward=None, beta=0.0)
+    # Groups of num_generations = 2 consecutive rows: (4, 5): 5 unscorable; (5, 6): none; (7, 3) and (9, 8): both.
+    out = trainer._generate_and_score_completions(known_inputs([4, 5, 5, 6, 7, 3, 9, 8]))
+    expected = [0.0, 0.0, 0.0, 0.0, 0.5, -0.5, -1 / 6, 1 / 6]  # rewards: -1/6, ., ., ., 0, -1/2, -1/6, 0
+    np.testing.assert_allclose(out["advantages"].numpy(), expected, atol=1e-6)
+
+
+def test_one_counted_line_replaces_trls_unscorable_warning(tmp_path, caplog):
+    trainer = known_trainer(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        trainer._generate_and_score_completions(known_inputs())
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("at least one reward function returns a valid reward" in m for m in messages)
+    counted = [m for m in messages if "crystals unscorable" in m]
+    assert counted == ["2 of 10 crystals unscorable (no reward function scored them): scored failure_reward=-10"]
+
+
+def test_the_ema_baseline_is_restored_on_the_path_every_backend_takes(tmp_path):
+    """DeepSpeed and FSDP resume without calling ``_load_from_checkpoint``; the baseline must come back anyway."""
+    straight = make_trainer(tmp_path / "straight", tiny_model(), steps=6)
+    straight.train()
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                control.should_training_stop = True
+
+    killed = make_trainer(tmp_path / "run", tiny_model(), steps=6, save_strategy="steps", save_steps=3)
+    killed.add_callback(Kill())
+    killed.train()
+    checkpoint = str(tmp_path / "run" / "checkpoint-3")
+
+    # The hook DeepSpeed's and FSDP's resume reaches (after deepspeed_load_checkpoint / load_fsdp_model).
+    fresh = make_trainer(tmp_path / "run", tiny_model(), steps=6, save_strategy="steps", save_steps=3)
+    fresh.create_optimizer_and_scheduler(num_training_steps=6)
+    assert fresh.ema_baseline is None
+    fresh._load_optimizer_and_scheduler(checkpoint)
+    assert fresh.ema_baseline == pytest.approx(killed.ema_baseline)
+
+    # A whole resume in which our `_load_from_checkpoint` is never called (weights loaded as Trainer's own).
+    resumed = make_trainer(tmp_path / "run", tiny_model(), steps=6, save_strategy="steps", save_steps=3)
+    resumed._load_from_checkpoint = types.MethodType(Trainer._load_from_checkpoint, resumed)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    assert resumed.ema_baseline == pytest.approx(straight.ema_baseline)
+    a = straight.accelerator.unwrap_model(straight.model).state_dict()
+    b = resumed.accelerator.unwrap_model(resumed.model).state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)

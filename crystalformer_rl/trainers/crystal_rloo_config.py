@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import RLOOConfig
@@ -20,7 +21,8 @@ class CrystalRLConfig(RLOOConfig):
     Each generation batch is sampled by the policy itself (one space group per crystal, drawn from the prompt
     dataset), scored by the reward functions, and optimised for ``num_iterations`` steps. With
     ``gradient_accumulation_steps = 1`` and ``steps_per_generation = 1`` (the defaults here), one optimizer step
-    sees the whole local batch.
+    sees the whole local batch. As the reference code, rewards are clipped to [−10, 10] and a crystal no reward
+    function can score gets −10 (``reward_clip_range``, ``failure_reward``).
     """
 
     # ---- paper defaults that differ from TRL's
@@ -43,7 +45,17 @@ class CrystalRLConfig(RLOOConfig):
     save_steps: float = field(
         default=30,
         metadata={
-            "help": "Checkpoint every N optimizer steps; keep it a multiple of num_iterations for exact resume."
+            "help": "Checkpoint every N optimizer steps. Must be a multiple of num_iterations (μ): a checkpoint "
+            "between two sampled batches cannot be resumed exactly, so it is refused."
+        },
+    )
+    reward_clip_range: tuple[float, float] | None = field(
+        default=(-10.0, 10.0),
+        metadata={
+            "help": "Clip the reward to (min, max) before the KL term and the baseline. Default: the reference code's "
+            "E_hull rule, E_hull clipped to [-10, 10] eV/atom (reward = -E_hull). Widen it or set None for rewards on "
+            "another scale (the dielectric figure of merit); a range is set in the YAML config ([-20, 20]), the "
+            "command line only parses 'none'."
         },
     )
 
@@ -74,8 +86,39 @@ class CrystalRLConfig(RLOOConfig):
     elements: list[str] | None = field(
         default=None, metadata={"help": "Restrict every site to these elements (e.g. ['Li', 'Fe', 'P', 'O'])."}
     )
+    failure_reward: float | None = field(
+        default=-10.0,
+        metadata={
+            "help": "Reward of a crystal that no reward function can score (all return None/NaN: undecodable, "
+            "overlapping atoms, an MLIP failure). Default: the reference code's rule, a failure scores as the worst "
+            "clipped E_hull (10 eV/atom, reward -10), so it enters the baseline and is pushed away from, the same "
+            "with and without kl_in_loss. None: TRL's rule, the crystal leaves the baseline and gets advantage 0 "
+            "(and no KL term), i.e. nothing pushes the policy away from it."
+        },
+    )
+    stable_reward: str | None = field(
+        default="ehull",
+        metadata={
+            "help": "Name of the reward function whose reward is -E_hull (eV/atom), as EhullReward's: its E_hull is "
+            "compared with stable_threshold for the logged `rewards/<name>/stable_fraction`. Ignored when no reward "
+            "function has this name."
+        },
+    )
     stable_threshold: float = field(
-        default=0.1, metadata={"help": "E_hull threshold (eV/atom) used for the logged stable fraction."}
+        default=0.1,
+        metadata={
+            "help": "E_hull (eV/atom) at or below which a crystal counts as stable in the logged stable fraction "
+            "(a fraction of all sampled crystals; unscorable ones are not stable), as `crystalformer-rl evaluate`."
+        },
+    )
+    log_crystal_metrics: bool = field(
+        default=True,
+        metadata={
+            "help": "Log per step, over the sampled batch: structure and composition validity (CDVAE/SMACT, as "
+            "`crystalformer-rl evaluate`), uniqueness within the batch (StructureMatcher within a reduced formula) "
+            "and the share of single-element crystals, so a collapse onto a few motifs shows while it happens. "
+            "Costs a few CPU seconds per 1000 crystals."
+        },
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep prompt columns for rewards."})
 
@@ -85,3 +128,29 @@ class CrystalRLConfig(RLOOConfig):
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
         super().__post_init__()
+        self._check_save_steps()
+
+    def _check_save_steps(self):
+        """TRL does not checkpoint its position inside a sampled batch: a resume from a checkpoint in the middle of
+        the μ updates would re-sample there and silently diverge from the uninterrupted run."""
+        if self.save_strategy != "steps":
+            return
+        save_steps = self.save_steps
+        if save_steps < 1:  # a fraction of max_steps
+            if self.max_steps <= 0:
+                return
+            save_steps = math.ceil(self.max_steps * save_steps)
+        micro_steps = self.steps_per_generation * self.num_iterations  # micro-steps per sampled batch
+        cycle = micro_steps // math.gcd(micro_steps, self.gradient_accumulation_steps)  # in optimizer steps
+        if int(save_steps) % cycle:
+            if self.steps_per_generation == self.gradient_accumulation_steps:
+                need = f"num_iterations={self.num_iterations}"
+            else:
+                need = (
+                    f"{cycle} (num_iterations={self.num_iterations} x steps_per_generation={self.steps_per_generation}"
+                    f" / gradient_accumulation_steps={self.gradient_accumulation_steps})"
+                )
+            raise ValueError(
+                f"save_steps={save_steps:g} is not a multiple of {need}: a checkpoint between two sampled batches "
+                "cannot be resumed exactly; choose a multiple."
+            )

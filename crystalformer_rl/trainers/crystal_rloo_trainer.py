@@ -6,8 +6,13 @@ batch, the reward-function protocol (``_calculate_rewards``, gathered across pro
 checkpointing and logging. We replace the two methods that touch text:
 
 * ``_generate_and_score_completions``: sample crystals with CrystalFormer's own sampler (one space group per
-  prompt row), score them, fold the KL into the reward (or keep it for the loss), and subtract the EMA baseline;
+  prompt row), score them (failures scored as ``failure_reward``, rewards clipped), fold the KL into the reward
+  (or keep it for the loss), subtract the EMA baseline, and log per-step crystal metrics and whatever the reward
+  functions reported through ``log_metric`` / ``log_extra``;
 * ``_compute_loss``: sequence-level PPO ratio of the crystal log-likelihood, clipped at ε.
+
+The EMA baseline is checkpointed next to the model and restored in ``_load_optimizer_and_scheduler``, which
+``Trainer`` calls on every backend (DeepSpeed and FSDP skip ``_load_from_checkpoint``).
 
 The frozen base model p_base is built from the policy *before* TRL's constructor runs (TRL would reload it by
 name, and a copy taken afterwards shares the patched forward, which silently gives KL ≡ 0).
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging as pylogging
 import math
 import os
 import time
@@ -24,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from accelerate.utils import gather
+from accelerate.utils import gather, gather_object
 from datasets import Dataset
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.utils import logging
@@ -38,6 +44,14 @@ from .crystal_rloo_config import CrystalRLConfig
 logger = logging.get_logger(__name__)
 EMA_STATE_NAME = "ema_baseline.json"
 TOKEN_KEYS = ("G", "W", "A", "XYZ", "L")
+TRL_UNSCORABLE_WARNING = "at least one reward function returns a valid reward"
+
+
+class _DropTRLUnscorableWarning(pylogging.Filter):
+    """Drops TRL's per-batch warning that prints a whole unscorable crystal; we log one counted line instead."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return TRL_UNSCORABLE_WARNING not in record.getMessage()
 
 
 class CrystalProcessingClass(PreTrainedTokenizerBase):
@@ -195,7 +209,7 @@ class CrystalRLOOTrainer(RLOOTrainer):
 
     @torch.no_grad()
     def _sequence_logp(self, model, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(**{k: tokens[k] for k in TOKEN_KEYS}).logp.float()
+        return model(**{k: tokens[k] for k in TOKEN_KEYS}, output_logits=False).logp.float()
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
@@ -220,34 +234,86 @@ class CrystalRLOOTrainer(RLOOTrainer):
         rewards = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
         scorable = ~torch.isnan(rewards_per_func).all(dim=1)
         rewards = torch.where(scorable, rewards, torch.full_like(rewards, float("nan")))
+        counted = scorable  # the crystals that enter the baseline and get an advantage
+        if self.args.failure_reward is not None:
+            rewards = torch.where(scorable, rewards, torch.full_like(rewards, float(self.args.failure_reward)))
+            counted = torch.ones_like(scorable)
+        if self.args.reward_clip_range is not None:
+            low, high = self.args.reward_clip_range
+            rewards = rewards.clamp(min=float(low), max=float(high))
 
         kl = gather(old_logps - ref_logps)  # ln pθ(x) − ln p_base(x), one per crystal
         shaped = rewards if self.args.kl_in_loss else rewards - self.beta * kl
-        advantages, baseline = self._advantages(shaped, rewards, scorable, mode)
+        advantages, baseline = self._advantages(shaped, rewards, counted, mode)
 
         process_slice = slice(
             self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
         )
         self._log_rollout(mode, rewards, rewards_per_func, kl, baseline, scorable, tokens, sampling_s, scoring_s)
+        if self.args.log_crystal_metrics:
+            self._log_crystal_metrics(mode, completions)
+        self._flush_reward_logs(mode, len(prompts))
         return {
             **tokens,
             "old_logps": old_logps,
             "ref_logps": ref_logps,
             "advantages": advantages[process_slice],
+            "counted": counted[process_slice].float(),
         }
 
-    def _advantages(self, shaped, rewards, scorable, mode):
-        """A = R − b. Unscorable crystals get A = 0 (they neither pull nor push)."""
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's, minus its warning that prints a whole crystal on every batch: one counted line instead."""
+        trl_logger = pylogging.getLogger(RLOOTrainer.__module__)
+        drop = _DropTRLUnscorableWarning()
+        trl_logger.addFilter(drop)
+        try:
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        finally:
+            trl_logger.removeFilter(drop)
+        n_unscorable = int(torch.isnan(rewards_per_func).all(dim=1).sum())
+        if n_unscorable and self.accelerator.is_main_process:
+            fate = (
+                "left out of the baseline (advantage 0)"
+                if self.args.failure_reward is None
+                else f"scored failure_reward={self.args.failure_reward:g}"
+            )
+            logger.warning(
+                f"{n_unscorable} of {len(rewards_per_func)} crystals unscorable (no reward function scored them): "
+                f"{fate}"
+            )
+        return rewards_per_func
+
+    def _flush_reward_logs(self, mode: str, n_local: int) -> None:
+        """Move what reward functions reported through ``log_extra`` / ``log_metric`` into the logs, as TRL's own
+        ``_generate_and_score_completions`` does (else it is never logged and the buffers grow every batch)."""
+        # Sorted keys: every rank must run the same collectives in the same order.
+        for column in sorted(set(gather_object(list(self._pending_extra_logs)))):
+            values = self._pending_extra_logs.get(column, [None] * n_local)
+            self._logs["extra"][column].extend(gather_object(values))
+        self._pending_extra_logs.clear()
+        device = self.accelerator.device
+        for name in sorted(set(gather_object(list(self._pending_metrics)))):
+            values = self._pending_metrics.get(name, [])
+            local = torch.tensor([sum(values), len(values)], dtype=torch.float32, device=device)
+            total, count = self.accelerator.gather(local).view(-1, 2).sum(dim=0).tolist()
+            self._metrics[mode][name].append(total / count if count else float("nan"))
+        self._pending_metrics.clear()
+
+    def _advantages(self, shaped, rewards, counted, mode):
+        """A = R − b over the counted crystals (all, unless ``failure_reward`` is None); the others get A = 0."""
         if self.args.baseline == "rloo":
-            grouped = torch.where(scorable, shaped, torch.zeros_like(shaped)).view(-1, self.num_generations)
-            counts = scorable.view(-1, self.num_generations).sum(1, keepdim=True)
+            grouped = torch.where(counted, shaped, torch.zeros_like(shaped)).view(-1, self.num_generations)
+            counts = counted.view(-1, self.num_generations).sum(1, keepdim=True)
             loo = (grouped.sum(1, keepdim=True) - grouped) / (counts - 1).clamp(min=1)
-            advantages = (grouped - loo).view(-1)
-            baseline = loo.mean().item()
+            # The only counted crystal of its group has no leave-one-out baseline: A = 0, as TRL's 0/0 → NaN → 0.
+            has_baseline = (counts > 1).expand_as(grouped).reshape(-1)
+            advantages = torch.where(has_baseline, (grouped - loo).view(-1), torch.zeros_like(shaped))
+            used = has_baseline & counted
+            baseline = loo.view(-1)[used].mean().item() if used.any() else float("nan")
         else:
             # The paper's EMA over the KL-shaped reward; the reference code's variant takes it over the raw reward.
             source = rewards if self.args.kl_in_loss else shaped
-            batch_mean = source[scorable].mean().item() if scorable.any() else float("nan")
+            batch_mean = source[counted].mean().item() if counted.any() else float("nan")
             baseline = self.ema_baseline
             if mode == "train" and math.isfinite(batch_mean):
                 decay = self.args.ema_decay
@@ -255,32 +321,72 @@ class CrystalRLOOTrainer(RLOOTrainer):
                 self.ema_baseline = baseline
             baseline = batch_mean if baseline is None else baseline
             advantages = shaped - baseline
-        advantages = torch.where(scorable, advantages, torch.zeros_like(advantages))
+        advantages = torch.where(counted, advantages, torch.zeros_like(advantages))
         return torch.nan_to_num(advantages, nan=0.0), baseline
 
     def _log_rollout(self, mode, rewards, rewards_per_func, kl, baseline, scorable, tokens, sampling_s, scoring_s):
+        """Global (gathered) statistics of one sampled batch. ``reward`` is the mean of the reward optimised (failures
+        scored as ``failure_reward``, clipped); ``rewards/<name>/mean`` the mean over the crystals ``name`` scored."""
         metrics = self._metrics[mode]
-        valid = rewards[scorable]
-        metrics["reward"].append(valid.mean().item() if len(valid) else float("nan"))
-        metrics["reward_std"].append(valid.std().item() if len(valid) > 1 else 0.0)
+        used = rewards[~torch.isnan(rewards)]
+        metrics["reward"].append(used.mean().item() if len(used) else float("nan"))
+        metrics["reward_std"].append(used.std().item() if len(used) > 1 else 0.0)
         metrics["kl"].append(kl.mean().item())
         metrics["baseline"].append(float(baseline))
-        metrics["valid_fraction"].append(scorable.float().mean().item())
+        metrics["scorable_fraction"].append(scorable.float().mean().item())
         for i, name in enumerate(self.reward_func_names):
             metrics[f"rewards/{name}/mean"].append(torch.nanmean(rewards_per_func[:, i]).item())
+            if name == self.args.stable_reward:
+                # Reward = −E_hull; unscorable crystals (NaN) are not stable, as in `crystalformer-rl evaluate`.
+                stable = -rewards_per_func[:, i] <= self.args.stable_threshold
+                metrics[f"rewards/{name}/stable_fraction"].append(stable.float().mean().item())
         mult = self._multiplicity.to(tokens["W"].device)
         num_atoms = mult[tokens["G"].unsqueeze(1) - 1, tokens["W"]].sum(1).float()
         metrics["num_atoms"].append(gather(num_atoms).mean().item())
         metrics["time/sampling_s"].append(sampling_s)
         metrics["time/scoring_s"].append(scoring_s)
 
+    def _log_crystal_metrics(self, mode: str, completions: list[CrystalTokens]) -> None:
+        """Validity, uniqueness and single-element share of the global batch, with the definitions of
+        ``crystalformer-rl evaluate`` (fractions of all sampled crystals): a stable fraction alone cannot tell
+        progress from a collapse onto a few motifs."""
+        from ..evaluation.matching import deduplicate
+        from ..evaluation.validity import check_composition_validity, check_structure_validity
+
+        start = time.perf_counter()
+        structures, struct_ok, comp_ok, single = [], [], [], []
+        for crystal in completions:
+            elements = {int(a) for w, a in zip(crystal.W, crystal.A) if w > 0}
+            single.append(len(elements) == 1)
+            try:
+                s = crystal.to_structure()
+                struct_ok.append(check_structure_validity(s) is None)
+                comp_ok.append(check_composition_validity(s) is None)
+            except Exception:  # undecodable tokens: invalid, and not a structure to match
+                s = None
+                struct_ok.append(False)
+                comp_ok.append(False)
+            structures.append(s)
+        rows = [(a, b, a and b, c) for a, b, c in zip(struct_ok, comp_ok, single)]
+        flags = torch.tensor(rows, dtype=torch.float32, device=self.accelerator.device)
+        fractions = self.accelerator.gather(flags).mean(0)
+        metrics = self._metrics[mode]
+        for key, value in zip(("struct_valid", "comp_valid", "valid", "single_element"), fractions.tolist()):
+            metrics[f"{key}_fraction"].append(value)
+        # Uniqueness over the global batch: every rank de-duplicates the same gathered list.
+        everything = gather_object(structures)
+        duplicate_of = deduplicate(everything, progress=False)
+        unique = sum(d is not None and d == i for i, d in enumerate(duplicate_of))
+        metrics["unique_fraction"].append(unique / max(len(everything), 1))
+        metrics["time/crystal_metrics_s"].append(time.perf_counter() - start)
+
     # ------------------------------------------------------------------------------------------- the loss
     def _compute_loss(self, model, inputs):
         start = time.perf_counter()
-        logps = model(**{k: inputs[k] for k in TOKEN_KEYS}).logp.float()
+        logps = model(**{k: inputs[k] for k in TOKEN_KEYS}, output_logits=False).logp.float()
         advantages = inputs["advantages"]
-        if self.args.kl_in_loss:  # reference code: KL with gradient inside the advantage
-            advantages = advantages - self.beta * (logps - inputs["ref_logps"])
+        if self.args.kl_in_loss:  # reference code: KL with gradient inside the advantage (not on uncounted crystals)
+            advantages = advantages - self.beta * (logps - inputs["ref_logps"]) * inputs["counted"]
         ratio = torch.exp(logps - inputs["old_logps"])
         low, high = 1 - self.epsilon_low, 1 + self.epsilon_high
         clipped = torch.clamp(ratio, low, high)
@@ -308,8 +414,14 @@ class CrystalRLOOTrainer(RLOOTrainer):
                 json.dump(state, f)
             os.replace(tmp, os.path.join(folder, EMA_STATE_NAME))
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """Also restore the EMA baseline: ``Trainer`` calls this on every backend when resuming, whereas DeepSpeed
+        and FSDP never reach ``_load_from_checkpoint``."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self._load_ema_state(checkpoint)
+
+    def _load_ema_state(self, resume_from_checkpoint):
         path = os.path.join(resume_from_checkpoint, EMA_STATE_NAME)
         if os.path.exists(path):
             with open(path) as f:

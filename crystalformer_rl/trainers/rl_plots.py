@@ -23,9 +23,16 @@ def plot_rl_curves(log_history: list[dict], path: str | os.PathLike) -> None:
     axes[0].legend()
     axes[1].plot(steps, [h["kl"] for h in rows])
     axes[1].set_ylabel("KL(pθ ‖ p_base) per crystal")
-    axes[2].plot(steps, [h.get("valid_fraction", float("nan")) for h in rows], label="scorable")
-    if any("rewards/ehull/stable_fraction" in h for h in rows):
-        axes[2].plot(steps, [h.get("rewards/ehull/stable_fraction", float("nan")) for h in rows], label="stable")
+    fractions = {
+        "scorable_fraction": "scorable",
+        "valid_fraction": "valid",
+        "unique_fraction": "unique",
+        "single_element_fraction": "single element",
+        "rewards/ehull/stable_fraction": "stable",
+    }
+    for key, label in fractions.items():
+        if any(key in h for h in rows):
+            axes[2].plot(steps, [h.get(key, float("nan")) for h in rows], label=label)
     axes[2].set_ylabel("fraction")
     axes[2].legend()
     for ax in axes:
