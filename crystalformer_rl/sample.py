@@ -3,6 +3,7 @@ extxyz, with the sampling time recorded for S.U.N.-per-second evaluation."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -14,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .pretrained import load_model, space_group_distribution
-from .tokenization import CrystalTokenizationError, CrystalTokens
+from .tokenization import ELEMENT_SYMBOLS, CrystalTokenizationError, CrystalTokens
 from .utils import atomic_write_table, atomic_write_text
 
 
@@ -60,6 +61,8 @@ def sample_to_frame(model, space_groups: np.ndarray, batch_size: int = 500, prog
             rows.append(row)
         bar.update(len(groups))
     bar.close()
+    if not rows:  # nothing sampled: still the columns every writer and reader expects
+        return pd.DataFrame(columns=["id", "G", "num_sites", "tokens", "formula", "num_atoms", "logp"]), seconds
     return pd.DataFrame(rows), seconds
 
 
@@ -122,6 +125,50 @@ def _atomic(write, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# argparse types: a bad value is reported as one line naming the option and the allowed range.
+def _space_group(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a space-group number; use 1..230") from None
+    if not 1 <= value <= 230:
+        raise argparse.ArgumentTypeError(f"{value} is not a space group; use 1..230")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: use at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value}: use a number > 0")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{value}: use a number in (0, 1]")
+    return value
+
+
+def _element(text: str) -> str:
+    if text not in ELEMENT_SYMBOLS[1:]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an element symbol (e.g. Li, Fe, O)")
+    return text
+
+
 def add_sample_arguments(parser) -> None:
     parser.add_argument(
         "--model",
@@ -131,19 +178,21 @@ def add_sample_arguments(parser) -> None:
     parser.add_argument(
         "--space-group",
         "-g",
-        type=int,
+        type=_space_group,
         nargs="+",
         default=None,
         help="space group(s), cycled through; default: the model's training distribution",
     )
-    parser.add_argument("--num-samples", "-n", type=int, default=100)
-    parser.add_argument("--elements", "-e", nargs="+", default=None, help="allowed elements, e.g. Li Fe P O")
+    parser.add_argument("--num-samples", "-n", type=_positive_int, default=100)
+    parser.add_argument(
+        "--elements", "-e", type=_element, nargs="+", default=None, help="allowed elements, e.g. Li Fe P O"
+    )
     parser.add_argument("--wyckoff", "-w", nargs="+", default=None, help="forced Wyckoff letters, e.g. a c f")
-    parser.add_argument("--temperature", "-T", type=float, default=1.0)
-    parser.add_argument("--first-atom-temperature", type=float, default=None)
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--temperature", "-T", type=_positive_float, default=1.0)
+    parser.add_argument("--first-atom-temperature", type=_positive_float, default=None)
+    parser.add_argument("--top-p", type=_probability, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=_positive_int, default=500)
     parser.add_argument("--output-dir", "-o", default="samples")
     parser.add_argument("--format", nargs="+", default=["csv", "cif"], choices=["csv", "cif", "extxyz"])
     parser.epilog = (
@@ -170,7 +219,7 @@ def run_sample(args) -> dict:
         wyckoff=args.wyckoff,
         first_atom_temperature=args.first_atom_temperature,
     )
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "command") and not k.startswith("_")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "debug") and not k.startswith("_")}
     meta = write_samples(frame, Path(args.output_dir), args.format, seconds, settings)
     print(json.dumps({k: meta[k] for k in ("num_samples", "valid_tokens", "sampling_seconds", "files")}, indent=2))
     return meta

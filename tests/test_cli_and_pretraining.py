@@ -161,6 +161,10 @@ def test_shipped_configs_parse():
         )
         assert config.beta == tau and config.num_iterations == 3 and config.epsilon == 0.2
         assert config.save_steps % config.num_iterations == 0
+        if name == "rl_dielectric.yaml":  # the reference's dummy value 0, and no E_hull clip on the figure of merit
+            assert config.failure_reward == 0.0 and config.reward_clip_range is None
+        else:
+            assert config.failure_reward == -10.0 and tuple(config.reward_clip_range) == (-10.0, 10.0)
 
 
 def test_accelerate_configs_load_and_validate():
@@ -234,3 +238,34 @@ def test_sft_baseline_keeps_low_ehull_crystals_and_fine_tunes(tiny_folder, tmp_p
     assert counts["sampled"] == 40 and 0 < counts["kept"] == len(data) < 40
     assert (data.e_hull < 0.1).all()
     assert trainer.state.global_step == 2 and (out / "model.safetensors").exists()
+
+
+def test_pretraining_batches_are_length_grouped_and_reshuffled(shared, tmp_path):
+    """The default sampler groups crystals of similar site counts (from `num_sites`, or counted from A when
+    the column is missing) and draws a new order every epoch."""
+    from datasets import Dataset
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from crystalformer_rl.trainers import CrystalPretrainConfig, CrystalPretrainer
+
+    ref = np.load(shared / "fixtures" / "reference_parity" / "tokens.npz")
+    rows = [
+        CrystalTokens(int(ref["G"][i]), ref["W"][i], ref["A"][i], ref["XYZ"][i], ref["L"][i]).as_dict()
+        for i in range(len(ref["G"]))
+    ] * 8
+    sites = [int(np.count_nonzero(r["A"])) for r in rows]
+    assert len(set(sites)) > 3
+    args = CrystalPretrainConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True, eval_strategy="no", report_to="none"
+    )
+    assert args.train_sampling_strategy == "group_by_length"
+    with_column = Dataset.from_list([{**r, "num_sites": n} for r, n in zip(rows, sites)])
+    for dataset in (with_column, Dataset.from_list(rows)):
+        trainer = CrystalPretrainer(tiny_model(), args, train_dataset=dataset)
+        sampler = trainer._get_train_sampler()
+        assert isinstance(sampler, LengthGroupedSampler) and sampler.lengths == sites
+        first, second = list(sampler), list(sampler)
+        assert sorted(first) == sorted(second) == list(range(len(rows))) and first != second
+        # Within a batch the site counts are close: far less spread than in a random batch.
+        spread = np.mean([np.ptp([sites[i] for i in first[k : k + 8]]) for k in range(0, len(first), 8)])
+        assert spread < 0.5 * np.ptp(sites)

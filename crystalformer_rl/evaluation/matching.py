@@ -5,18 +5,26 @@ Both compare a structure only with structures of the same reduced composition, a
 an all-pairs search into a handful of comparisons per structure. The reference set (a training corpus of
 ~10^5 crystals) is indexed by reduced formula once, and its structures are parsed only for the formulas that
 generated samples actually have.
+
+Novelty is decided in two stages: a structure whose reduced composition is absent from the reference is novel at
+once (a dictionary look-up); only the others are compared with ``StructureMatcher``. A matcher that fails (e.g. on
+a degenerate cell) makes the result unknown, not novel: :meth:`ReferenceIndex.check` reports it and
+:func:`novelty` counts it as not novel.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 from tqdm.auto import tqdm
@@ -24,8 +32,22 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReferenceIndex", "deduplicate", "novelty", "reduced_formula", "space_group_number"]
+__all__ = [
+    "NoveltyCheck",
+    "ReferenceIndex",
+    "deduplicate",
+    "novelty",
+    "novelty_checks",
+    "reduced_formula",
+    "reference_table",
+    "space_group_number",
+    "write_reference_table",
+]
 
+#: columns of a compact reference table (:func:`reference_table`): the formula makes indexing free of parsing
+REFERENCE_COLUMNS = ("id", "reduced_formula", "tokens")
+# owner/name or owner/name:split of a `datasets` Hub repository
+_HUB_DATASET = re.compile(r"^([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?::([\w.-]+))?$")
 _CIF_FORMULA = re.compile(r"^_chemical_formula_sum\s+(?:'([^']*)'|\"([^\"]*)\"|(\S+))", re.MULTILINE)
 
 
@@ -92,18 +114,46 @@ def deduplicate(
     return out
 
 
+@dataclass
+class NoveltyCheck:
+    """Outcome of one novelty test.
+
+    ``novel`` is ``None`` when no reference matched but the test was incomplete (the matcher failed on a candidate,
+    or a reference structure of that composition could not be built): such a crystal is not known to be novel.
+    ``stage`` is ``"composition"`` when no reference shares the reduced composition (decided without matching),
+    else ``"structure"``.
+    """
+
+    novel: bool | None
+    stage: str = "structure"
+    match: str | None = None  # id of the first matching reference
+    candidates: int = 0  # references compared with StructureMatcher
+    error: str | None = None
+
+
 class ReferenceIndex:
     """Reference crystals (e.g. the training corpus) indexed by reduced formula, parsed lazily.
 
     Build it with :meth:`from_structures` or :meth:`from_file` (a CSV / parquet / JSON table with a ``cif``,
-    ``structure`` or ``tokens`` column, or the ``G, W, A, XYZ, L`` token arrays of a prepared dataset). Only the formula of each row is read up front (from the CIF's
-    ``_chemical_formula_sum`` when present); structures are built on the first query of their formula.
+    ``structure`` or ``tokens`` column, or the ``G, W, A, XYZ, L`` token arrays of a prepared dataset; a folder of
+    CIFs; or a ``datasets`` Hub id). Only the formula of each row is read up front (a ``reduced_formula`` column
+    when present, else the CIF's ``_chemical_formula_sum``); structures are built on the first query of their
+    formula.
     """
 
-    def __init__(self, entries: dict[str, list[Any]], builder: Callable[[Any], Structure], name: str = "reference"):
+    def __init__(
+        self,
+        entries: dict[str, list[Any]],
+        builder: Callable[[Any], Structure],
+        name: str = "reference",
+        ids: dict[str, list[str | None]] | None = None,
+    ):
         self._entries = entries
+        self._ids = ids or {}
         self._builder = builder
         self._parsed: dict[str, list[Structure]] = {}
+        self._parsed_ids: dict[str, list[str | None]] = {}
+        self._unbuilt: dict[str, str] = {}  # formula -> why some of its reference structures could not be built
         self._space_groups: dict[tuple[str, float], list[int | None]] = {}
         self.name = name
         self.n_unreadable = 0
@@ -119,62 +169,148 @@ class ReferenceIndex:
         return list(self._entries)
 
     @classmethod
-    def from_structures(cls, structures: Iterable[Structure], name: str = "reference") -> ReferenceIndex:
+    def from_structures(
+        cls, structures: Iterable[Structure], name: str = "reference", ids: Iterable[str] | None = None
+    ) -> ReferenceIndex:
         entries: dict[str, list[Any]] = {}
-        for s in structures:
-            entries.setdefault(reduced_formula(s), []).append(s)
-        return cls(entries, lambda s: s, name=name)
+        id_lists: dict[str, list[str | None]] = {}
+        structures = list(structures)
+        ids = list(ids) if ids is not None else [None] * len(structures)
+        for s, rid in zip(structures, ids):
+            key = reduced_formula(s)
+            entries.setdefault(key, []).append(s)
+            id_lists.setdefault(key, []).append(rid)
+        return cls(entries, lambda s: s, name=name, ids=id_lists)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, column: str | None = None, progress: bool = True) -> ReferenceIndex:
-        """Index a table of reference crystals (see the class docstring)."""
-        from .io import _column_values, _crystal_column, read_table, structure_from_record
+    def from_file(
+        cls, path: str | os.PathLike, column: str | None = None, progress: bool = True, split: str = "train"
+    ) -> ReferenceIndex:
+        """Index a table of reference crystals, a folder of CIFs or a ``datasets`` Hub id (see the class docstring).
 
-        path = Path(path)
+        A Hub id is ``owner/name`` (its ``split``, default ``train``) or ``owner/name:split``.
+
+        Raises:
+            FileNotFoundError: no such file or folder, and not a Hub data set that can be loaded.
+        """
+        from .io import ID_COLUMNS, _column_values, _crystal_column, read_table, structure_from_record
+
+        path = Path(path).expanduser()
         if path.is_dir():  # e.g. a folder of CIFs
             from .io import load_crystals
 
             loaded = load_crystals(path, progress=progress)
-            return cls.from_structures([s for s in loaded.structures if s is not None], name=str(path))
-        frame, _ = read_table(path)
+            kept = [(n, s) for n, s in zip(loaded.names, loaded.structures) if s is not None]
+            return cls.from_structures([s for _, s in kept], name=str(path), ids=[n for n, _ in kept])
+        if path.is_file():
+            frame, _ = read_table(path)
+            name = str(path)
+        else:
+            frame, name = _hub_reference_frame(str(path), split), str(path)
         col = _crystal_column(list(frame.columns), column)
         values = _column_values(frame, col)
+        id_column = next((c for c in ID_COLUMNS if c in frame.columns), None)
+        row_ids = [str(v) for v in frame[id_column]] if id_column else [None] * len(values)
+        formulas = frame["reduced_formula"].tolist() if "reduced_formula" in frame.columns else None
         del frame
         entries: dict[str, list[Any]] = {}
+        id_lists: dict[str, list[str | None]] = {}
+        normalised: dict[str, str] = {}  # a stated formula, once per distinct text
         n_bad = 0
         with warnings.catch_warnings():  # e.g. pymatgen's "no Pauling electronegativity for He" when ordering
             warnings.simplefilter("ignore")
-            for value in tqdm(values, desc=f"indexing {path.name}", unit="crystal", disable=not progress):
+            for i, value in enumerate(
+                tqdm(values, desc=f"indexing {Path(name).name}", unit="crystal", disable=not progress)
+            ):
                 try:
-                    key = _formula_of(value, col)
+                    if formulas is not None and isinstance(formulas[i], str) and formulas[i]:
+                        text = formulas[i]
+                        if text not in normalised:
+                            normalised[text] = Composition(text).element_composition.reduced_formula
+                        key = normalised[text]
+                    else:
+                        key = _formula_of(value, col)
                 except Exception:
                     n_bad += 1
                     continue
                 entries.setdefault(key, []).append(value)
+                id_lists.setdefault(key, []).append(row_ids[i])
         if n_bad:
-            logger.warning("%s: %d reference rows without a readable formula were skipped", path, n_bad)
-        index = cls(entries, lambda v: structure_from_record(v, col), name=str(path))
+            logger.warning("%s: %d reference rows without a readable formula were skipped", name, n_bad)
+        index = cls(entries, lambda v: structure_from_record(v, col), name=name, ids=id_lists)
         index.n_unreadable = n_bad
         return index
 
+    def _parse(self, formula: str) -> None:
+        if formula in self._parsed:
+            return
+        parsed, ids = [], []
+        values = self._entries.get(formula, [])
+        row_ids = self._ids.get(formula) or [None] * len(values)
+        for value, rid in zip(values, row_ids):
+            try:
+                parsed.append(self._builder(value))
+                ids.append(rid)
+            except Exception as exc:
+                self.n_unreadable += 1
+                self._unbuilt.setdefault(formula, f"{type(exc).__name__}: {exc}")
+                logger.debug("unreadable reference structure (%s): %s", formula, exc)
+        self._parsed[formula] = parsed
+        self._parsed_ids[formula] = ids
+
     def structures(self, formula: str) -> list[Structure]:
         """Reference structures with this reduced formula (parsed once, unreadable ones dropped)."""
-        if formula not in self._parsed:
-            parsed = []
-            for value in self._entries.get(formula, []):
-                try:
-                    parsed.append(self._builder(value))
-                except Exception as exc:
-                    self.n_unreadable += 1
-                    logger.debug("unreadable reference structure (%s): %s", formula, exc)
-            self._parsed[formula] = parsed
+        self._parse(formula)
         return self._parsed[formula]
+
+    def ids(self, formula: str) -> list[str | None]:
+        """Ids of :meth:`structures` (``None`` where the source had no id column)."""
+        self._parse(formula)
+        return self._parsed_ids[formula]
 
     def space_groups(self, formula: str, symprec: float = 0.1) -> list[int | None]:
         key = (formula, symprec)
         if key not in self._space_groups:
             self._space_groups[key] = [space_group_number(s, symprec) for s in self.structures(formula)]
         return self._space_groups[key]
+
+    def check(
+        self,
+        structure: Structure,
+        matcher: StructureMatcher | None = None,
+        same_space_group: bool = False,
+        symprec: float = 0.01,
+    ) -> NoveltyCheck:
+        """Test ``structure`` against the references of its reduced formula (see :class:`NoveltyCheck`)."""
+        formula = reduced_formula(structure)
+        if formula not in self._entries:
+            return NoveltyCheck(True, stage="composition")
+        candidates, ids = self.structures(formula), self.ids(formula)
+        if same_space_group:
+            sg = space_group_number(structure, symprec)
+            groups = self.space_groups(formula, symprec)
+            keep = [sg is None or g is None or g == sg for g in groups]
+            candidates = [c for c, k in zip(candidates, keep) if k]
+            ids = [i for i, k in zip(ids, keep) if k]
+        matcher = _matcher(matcher)
+        failures: list[str] = []
+        for ref, rid in zip(candidates, ids):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fit = bool(matcher.fit(ref, structure))
+            except Exception as exc:  # a degenerate cell: this pair is undecided, not "different"
+                failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if fit:
+                return NoveltyCheck(False, match=rid, candidates=len(candidates))
+        if failures:
+            error = f"StructureMatcher failed on {len(failures)} of {len(candidates)} references ({failures[0]})"
+            return NoveltyCheck(None, candidates=len(candidates), error=error)
+        if formula in self._unbuilt:
+            error = f"reference structures of {formula} could not be built ({self._unbuilt[formula]})"
+            return NoveltyCheck(None, candidates=len(candidates), error=error)
+        return NoveltyCheck(True, candidates=len(candidates))
 
     def is_novel(
         self,
@@ -183,17 +319,34 @@ class ReferenceIndex:
         same_space_group: bool = False,
         symprec: float = 0.01,
     ) -> bool:
-        """``True`` when no reference structure of the same reduced formula matches ``structure``."""
-        formula = reduced_formula(structure)
-        if formula not in self._entries:
-            return True
-        candidates = self.structures(formula)
-        if same_space_group:
-            sg = space_group_number(structure, symprec)
-            groups = self.space_groups(formula, symprec)
-            candidates = [c for c, g in zip(candidates, groups) if sg is None or g is None or g == sg]
-        matcher = _matcher(matcher)
-        return not any(_fit(matcher, ref, structure) for ref in candidates)
+        """``True`` when no reference structure of the same reduced formula matches ``structure``.
+
+        An undecided test (see :meth:`check`) gives ``False``: a crystal is novel only when shown to be.
+        """
+        return bool(self.check(structure, matcher, same_space_group=same_space_group, symprec=symprec).novel)
+
+
+def _hub_reference_frame(name: str, split: str) -> pd.DataFrame:
+    """A ``datasets`` Hub repository (``owner/name`` or ``owner/name:split``) as a table."""
+    m = _HUB_DATASET.match(name)
+    if m is None:
+        raise FileNotFoundError(
+            f"reference {name}: no such file or folder, and not a datasets Hub id (owner/name); "
+            "pass a table (CSV/parquet/JSON), a folder of CIFs or a Hub id"
+        )
+    repo, split = m.group(1), m.group(2) or split
+    try:
+        from datasets import load_dataset
+
+        return load_dataset(repo, split=split).to_pandas()
+    except (OSError, ValueError) as exc:  # offline, unknown repository, unknown split
+        from ..pretrained import _first_line, _hub_offline
+
+        reason = "the Hub is offline (HF_HUB_OFFLINE=1)" if _hub_offline() else _first_line(exc)
+        raise FileNotFoundError(
+            f"reference {name}: no such file or folder, and the Hub data set could not be loaded ({reason}); "
+            "pass a local table or folder of CIFs, or a reachable Hub id"
+        ) from exc
 
 
 def _formula_of(value: Any, column: str) -> str:
@@ -210,6 +363,41 @@ def _formula_of(value: Any, column: str) -> str:
     return reduced_formula(structure_from_record(value, column))
 
 
+def _as_index(reference: ReferenceIndex | Sequence[Structure] | str | os.PathLike, progress: bool) -> ReferenceIndex:
+    if isinstance(reference, ReferenceIndex):
+        return reference
+    if isinstance(reference, (str, os.PathLike)):
+        return ReferenceIndex.from_file(reference, progress=progress)
+    return ReferenceIndex.from_structures(reference)
+
+
+def novelty_checks(
+    structures: Sequence[Structure | None],
+    reference: ReferenceIndex | Sequence[Structure] | str | os.PathLike,
+    matcher: StructureMatcher | None = None,
+    same_space_group: bool = False,
+    symprec: float = 0.01,
+    progress: bool = True,
+) -> list[NoveltyCheck | None]:
+    """:meth:`ReferenceIndex.check` of every structure (``None`` for ``None`` inputs); never raises on one crystal."""
+    reference = _as_index(reference, progress)
+    matcher = _matcher(matcher)
+    out: list[NoveltyCheck | None] = []
+    for s in tqdm(structures, desc="novelty", unit="crystal", disable=not progress):
+        if s is None:
+            out.append(None)
+            continue
+        try:
+            out.append(reference.check(s, matcher, same_space_group=same_space_group, symprec=symprec))
+        except Exception as exc:  # e.g. no composition
+            out.append(NoveltyCheck(None, error=f"novelty check failed: {type(exc).__name__}: {exc}"))
+    failed = sum(c is not None and c.novel is None for c in out)
+    if failed:
+        first = next(c.error for c in out if c is not None and c.novel is None)
+        logger.warning("novelty undecided for %d of %d crystals, counted as not novel: %s", failed, len(out), first)
+    return out
+
+
 def novelty(
     structures: Sequence[Structure | None],
     reference: ReferenceIndex | Sequence[Structure] | str | os.PathLike,
@@ -222,22 +410,39 @@ def novelty(
 
     With ``same_space_group`` only references of the same spglib space group (at ``symprec``, 0.01 as
     ``SpacegroupAnalyzer``'s default there) are compared, as the optional mode of CrystalFormer's
-    ``check_sun_materials``. ``None`` inputs give ``None``.
+    ``check_sun_materials``. ``None`` inputs give ``None``; an undecided test (the matcher failed) gives ``False``
+    and a warning with the count (:func:`novelty_checks` has the details).
     """
-    if not isinstance(reference, ReferenceIndex):
-        if isinstance(reference, (str, os.PathLike)):
-            reference = ReferenceIndex.from_file(reference, progress=progress)
-        else:
-            reference = ReferenceIndex.from_structures(reference)
-    matcher = _matcher(matcher)
-    out: list[bool | None] = []
-    for s in tqdm(structures, desc="novelty", unit="crystal", disable=not progress):
-        if s is None:
-            out.append(None)
-            continue
-        try:
-            out.append(reference.is_novel(s, matcher, same_space_group=same_space_group, symprec=symprec))
-        except Exception as exc:
-            logger.warning("novelty check failed (%s); counted as not novel", exc)
-            out.append(False)
-    return out
+    checks = novelty_checks(structures, reference, matcher, same_space_group, symprec, progress)
+    return [None if c is None else bool(c.novel) for c in checks]
+
+
+# ------------------------------------------------------------------------------------- compact reference
+def reference_table(records: Iterable[dict[str, Any]], ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """The compact novelty reference of token rows (``G, W, A, XYZ, L`` as a prepared dataset stores them).
+
+    One row per crystal: ``id``, ``reduced_formula`` (the cheap first test, so indexing parses nothing) and the
+    token string (6 decimals), which decodes back to the structure. Rows that do not decode are dropped.
+    """
+    from .io import TOKEN_ARRAYS, tokens_from_record
+
+    records = list(records)
+    ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(records))]
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for rid, record in zip(ids, records):
+            try:
+                tokens = tokens_from_record(record, TOKEN_ARRAYS)
+                rows.append((rid, Composition(tokens.formula).reduced_formula, tokens.to_string()))
+            except Exception as exc:
+                logger.warning("reference row %s dropped: %s", rid, exc)
+    return pd.DataFrame(rows, columns=list(REFERENCE_COLUMNS))
+
+
+def write_reference_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write :func:`reference_table` output as a byte-reproducible ``.csv.gz`` (gzip level 9, no timestamp)."""
+    from .io import atomic_write_bytes
+
+    data = gzip.compress(frame.to_csv(index=False).encode("utf-8"), compresslevel=9, mtime=0)
+    return atomic_write_bytes(data, path)

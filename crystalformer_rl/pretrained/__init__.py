@@ -2,45 +2,141 @@
 
 ``load_model(None)`` gives the default model shipped inside the package; ``load_model(x)`` takes a local
 folder saved with ``save_pretrained``, a Hub id (``user/model``), an official CrystalFormer pickle checkpoint
-(``epoch_005500.pkl``), or the Hub form of an official checkpoint (``zdcao/CrystalFormer:alex20/PBE/epoch_005500.pkl``).
+(``epoch_005500.pkl``), an alias of the official checkpoints (``alex20``), or the Hub form of an official
+checkpoint (``zdcao/CrystalFormer:alex20/PBE/epoch_005500.pkl``).
+
+A model folder may carry the crystals it was trained on (:data:`REFERENCE_FILES`) so that novelty is judged
+against its own training set; the embedded model uses the training corpus shipped with the package
+(:data:`SHIPPED_REFERENCE`, see ``crystalformer_rl/data/reference/README.md``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("default")
 SPACE_GROUP_FILE = "space_group_distribution.json"
 OFFICIAL_ALEX20 = "zdcao/CrystalFormer:alex20/PBE/epoch_005500.pkl"
+#: the training corpus of the embedded model: 23,986 Materials Project crystals as token strings
+SHIPPED_REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference" / "mp_corpus_train.csv.gz"
+#: file names a model folder may carry its novelty reference (training crystals) under, in order of preference
+REFERENCE_FILES = ("reference_corpus.csv.gz", "reference_corpus.parquet")
+
+# owner/name as the Hub validates repo ids (letters, digits, "-", "_", "."; no leading "-" or ".")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model under that name: neither a local folder or checkpoint nor a Hub model that can be loaded."""
+
+
+def _is_default(name_or_path) -> bool:
+    return name_or_path is None or str(name_or_path) == "default"
+
+
+def _hub_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, **kwargs):
-    """Load a CrystalFormer model (see the module docstring for the accepted names)."""
-    from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
+    """Load a CrystalFormer model (see the module docstring for the accepted names).
 
-    if name_or_path is None or str(name_or_path) == "default":
+    Raises:
+        ModelNotFoundError: the name is neither an existing folder / file nor a reachable Hub model; the message
+            says which, so the command line can print it as one line.
+    """
+    from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
+    from ..modeling_crystalformer.convert_crystalformer_checkpoint import OFFICIAL_CHECKPOINTS
+
+    hint = "pass a folder saved with save_pretrained, a Hub id (user/model) or an official .pkl checkpoint"
+    if _is_default(name_or_path):
         if not (DEFAULT_MODEL_PATH / "config.json").exists():
-            raise FileNotFoundError(
-                f"the embedded default model is missing from {DEFAULT_MODEL_PATH}; reinstall the package or pass "
-                "--model (a folder, a Hub id or an official CrystalFormer checkpoint)"
+            raise ModelNotFoundError(
+                f"the embedded default model is missing from {DEFAULT_MODEL_PATH}; reinstall the package or {hint}"
             )
         return CrystalFormerForCrystalGeneration.from_pretrained(DEFAULT_MODEL_PATH, **kwargs)
     text = str(name_or_path)
-    if text.endswith(".pkl"):
-        return CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint(text, **kwargs)
-    return CrystalFormerForCrystalGeneration.from_pretrained(text, **kwargs)
+    path = Path(text).expanduser()
+    if path.is_file():
+        if path.suffix != ".pkl":
+            raise ModelNotFoundError(f"model {text}: a file that is not a .pkl checkpoint; {hint}")
+        return CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint(str(path), **kwargs)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model {text}: the folder has no config.json; {hint}")
+        return CrystalFormerForCrystalGeneration.from_pretrained(path, **kwargs)
+    # Not on disk: a Hub name. Check its form first, so a mistyped path does not read as a bad repo id.
+    repo = text.removeprefix("hf://").replace(":", "/", 1)  # owner/repo:path.pkl -> owner/repo/path.pkl
+    hub_checkpoint = text in OFFICIAL_CHECKPOINTS or text.endswith(".pkl")
+    if text in OFFICIAL_CHECKPOINTS:
+        hub_name = True
+    elif hub_checkpoint:
+        hub_name = repo.count("/") >= 2 and bool(_HUB_ID.match("/".join(repo.split("/")[:2])))
+    else:
+        hub_name = bool(_HUB_ID.match(text))
+    if not hub_name:
+        raise ModelNotFoundError(f"model {text}: no such folder or file, and not a Hub id; {hint}")
+    try:
+        if hub_checkpoint:
+            return CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint(
+                text if text in OFFICIAL_CHECKPOINTS else repo, **kwargs
+            )
+        return CrystalFormerForCrystalGeneration.from_pretrained(text, **kwargs)
+    except OSError as exc:  # offline, unknown repository, missing file: all OSError subclasses on the Hub path
+        reason = (
+            "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache"
+            if _hub_offline()
+            else _first_line(exc)
+        )
+        raise ModelNotFoundError(f"model {text}: no such folder or file, and {reason}; {hint}") from exc
 
 
 def space_group_distribution(name_or_path: str | os.PathLike | None = None) -> dict[int, int] | None:
     """Space-group counts of the model's training data, if the model folder carries them."""
-    folder = DEFAULT_MODEL_PATH if name_or_path in (None, "default") else Path(str(name_or_path))
+    folder = DEFAULT_MODEL_PATH if _is_default(name_or_path) else Path(str(name_or_path))
     path = folder / SPACE_GROUP_FILE
     if not path.is_file():
         return None
     return {int(k): int(v) for k, v in json.loads(path.read_text()).items()}
 
 
-__all__ = ["DEFAULT_MODEL_PATH", "OFFICIAL_ALEX20", "load_model", "space_group_distribution"]
+def model_reference(name_or_path: str | os.PathLike | None = None) -> Path | None:
+    """The novelty reference (training crystals) a model carries, ``None`` if it carries none.
+
+    A local model folder's :data:`REFERENCE_FILES`; the embedded model falls back to :data:`SHIPPED_REFERENCE`,
+    the corpus it was trained on. Hub models and checkpoints carry none here: pass their training set explicitly.
+    """
+    folder = DEFAULT_MODEL_PATH if _is_default(name_or_path) else Path(str(name_or_path)).expanduser()
+    if folder.is_dir():
+        for name in REFERENCE_FILES:
+            if (folder / name).is_file():
+                return folder / name
+    if _is_default(name_or_path) and SHIPPED_REFERENCE.is_file():
+        return SHIPPED_REFERENCE
+    return None
+
+
+__all__ = [
+    "DEFAULT_MODEL_PATH",
+    "OFFICIAL_ALEX20",
+    "REFERENCE_FILES",
+    "SHIPPED_REFERENCE",
+    "ModelNotFoundError",
+    "load_model",
+    "model_reference",
+    "space_group_distribution",
+]

@@ -1,16 +1,21 @@
-"""``crystalformer-rl pretrain`` and ``crystalformer-rl rl``: dataclass arguments (TRL's parser, so ``--config
-file.yaml`` works and every field's help string is its CLI doc)."""
+"""``crystalformer-rl pretrain``, ``rl`` and ``dpo``: dataclass arguments (TRL's parser, so ``--config file.yaml``
+works and every field's help string is its CLI doc)."""
 
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import re
+import shutil
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from ..errors import UsageError, one_line
 
 
 # Reward names usable in configs; anything else is an import path "package.module:callable_or_factory".
@@ -60,15 +65,48 @@ def training_space_groups(source: str | None, model_name: str | None = None) -> 
     return [int(g) for g in load_dataset("parquet", data_files=files, split="train")["G"]]
 
 
+def parse_command_line(parser, argv: list[str] | None) -> tuple:
+    """``TrlParser.parse_args_and_config``, with every bad option (unknown, a wrong value, a missing ``--config``
+    file) reported as one line naming it instead of a traceback or argparse's usage block."""
+
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    parser.error = error
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if "--config" in argv:
+        index = argv.index("--config")
+        config = argv[index + 1] if index + 1 < len(argv) else ""
+        if not Path(config).is_file():
+            raise UsageError(f"--config {config}: no such file; pass a YAML file (e.g. configs/rl_ehull.yaml)")
+    try:
+        *parsed, from_config, from_args = parser.parse_args_and_config(
+            argv, return_remaining_strings=True, separate_remaining_strings=True
+        )
+    except ValueError as exc:  # a field's __post_init__ check (e.g. TrainingArguments) names the option
+        raise UsageError(one_line(exc)) from exc
+    if from_args:
+        raise UsageError(f"unknown option(s) {' '.join(from_args)}; see `{parser.prog} --help`")
+    if from_config:
+        raise UsageError(f"--config: unknown key(s) {from_config}; see `{parser.prog} --help`")
+    return tuple(parsed)
+
+
 # -------------------------------------------------------------------------------------------------- pretrain
+DEFAULT_TRAIN_DATA = "data/corpus/train.parquet"
+DEFAULT_VALIDATION_DATA = "data/corpus/validation.parquet"
+NO_DATA = ("", "none", "None", "null")
+
+
 @dataclass
 class PretrainScriptArguments:
     train_data: str = field(
-        default="data/corpus/train.parquet",
+        default=DEFAULT_TRAIN_DATA,
         metadata={"help": "Tokenized training data: a parquet file or a `prepare-data` output folder."},
     )
     validation_data: str | None = field(
-        default="data/corpus/validation.parquet", metadata={"help": "Tokenized validation data (same forms)."}
+        default=DEFAULT_VALIDATION_DATA,
+        metadata={"help": "Tokenized validation data (same forms); 'none' trains without validation."},
     )
     model: str | None = field(default=None, metadata={"help": "Start from this model (folder, Hub id, .pkl)."})
     model_size: str = field(default="xs", metadata={"help": "Size of a new model: " + ", ".join(MODEL_SIZES)})
@@ -87,6 +125,54 @@ def _parquet_files(source: str) -> list[str]:
     return [str(path)]
 
 
+def _data_files(option: str, value: str, default: str) -> list[str]:
+    """Parquet files of a data option; a missing one is a one-line error naming the option and the fix."""
+    forms = "a parquet file or a `crystalformer-rl prepare-data` output folder"
+    if not Path(value).exists():
+        if value != default:
+            fix = f"pass {forms}" + (", or --validation_data none" if option == "--validation_data" else "")
+            raise UsageError(f"{option} {value}: no such file or folder; {fix}")
+        if option == "--validation_data":
+            raise UsageError(
+                f"{option} {value}: no such file (the default); pass --validation_data PATH ({forms}), or "
+                "--validation_data none to train without validation"
+            )
+        raise UsageError(
+            f"{option} {value}: no such file (the default); build the corpus with "
+            f"`python scripts/build_corpus.py --output data/corpus`, or pass {option} PATH ({forms})"
+        )
+    try:
+        return _parquet_files(value)
+    except FileNotFoundError:
+        raise UsageError(f"{option} {value}: no parquet files in the folder; pass {forms}") from None
+
+
+def resolve_checkpoint(value: str | bool | None, output_dir: str, resume: bool = False) -> str | None:
+    """The checkpoint to resume from: ``--resume_from_checkpoint PATH`` (``true``/``last``: the newest one in
+    ``output_dir``), else the newest one when ``resume`` is set; ``None`` starts fresh."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    text = str(value).strip() if value not in (None, False) else ""
+    if text.lower() in ("", "false", "no", "none"):
+        text = "last" if resume else ""
+    if not text:
+        return None
+    if text.lower() in ("true", "yes", "last"):
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None and not resume:
+            raise UsageError(
+                f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}; pass a checkpoint "
+                "folder or drop the option to start fresh"
+            )
+        return last
+    if not os.path.isdir(text):
+        raise UsageError(
+            f"--resume_from_checkpoint {text}: no such checkpoint folder; pass a checkpoint-* folder of an earlier "
+            "run, or 'last' for the newest one in --output_dir"
+        )
+    return text
+
+
 def run_pretrain(argv: list[str] | None = None):
     from datasets import load_dataset
     from trl import TrlParser
@@ -98,27 +184,45 @@ def run_pretrain(argv: list[str] | None = None):
     from .pretrain_trainer import CrystalPretrainer, plot_loss_curves
 
     parser = TrlParser((PretrainScriptArguments, CrystalPretrainConfig), prog="crystalformer-rl pretrain")
-    script, config = parser.parse_args_and_config(argv)
-    train = load_dataset(
-        "parquet", data_files=_parquet_files(script.train_data), split="train", streaming=script.streaming
-    )
-    valid = None
-    if script.validation_data:
-        valid = load_dataset("parquet", data_files=_parquet_files(script.validation_data), split="train")
-    if script.model:
-        model = load_model(script.model)
-    else:
+    script, config = parse_command_line(parser, argv)
+    if not script.model and script.model_size not in MODEL_SIZES:
+        raise UsageError(f"--model_size {script.model_size}: use one of {', '.join(MODEL_SIZES)}")
+    train_files = _data_files("--train_data", script.train_data, DEFAULT_TRAIN_DATA)
+    valid_files = None
+    if script.validation_data not in (None, *NO_DATA):
+        valid_files = _data_files("--validation_data", script.validation_data, DEFAULT_VALIDATION_DATA)
+    checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    model = load_model(script.model) if script.model else None  # an unknown model fails before the data loads
+    train = load_dataset("parquet", data_files=train_files, split="train", streaming=script.streaming)
+    valid = load_dataset("parquet", data_files=valid_files, split="train") if valid_files else None
+    if valid is None and config.eval_strategy != "no":  # Trainer refuses an eval strategy without eval data
+        from transformers.trainer_utils import IntervalStrategy
+
+        config.eval_strategy, config.do_eval = IntervalStrategy.NO, False
+    if model is None:
         model = CrystalFormerForCrystalGeneration(CrystalFormerConfig(**MODEL_SIZES[script.model_size]))
     trainer = CrystalPretrainer(model, config, train_dataset=train, eval_dataset=valid)
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         CrystalTokenizer(n_max=model.config.n_max).save_pretrained(config.output_dir)
         if not script.streaming:
             counts = Counter(int(g) for g in train["G"])
             (Path(config.output_dir) / "space_group_distribution.json").write_text(json.dumps(counts, indent=0))
+            write_model_reference(train, Path(config.output_dir))
         plot_loss_curves(trainer.state.log_history, Path(config.output_dir) / "loss_curves.png")
     return trainer
+
+
+def write_model_reference(train, output_dir: Path) -> Path:
+    """Save the training crystals beside the model (``reference_corpus.csv.gz``, token strings, ~80 bytes each), so
+    ``evaluate`` judges the novelty of its samples against what it was trained on."""
+    from ..evaluation.matching import reference_table, write_reference_table
+    from ..pretrained import REFERENCE_FILES
+
+    arrays = train.select_columns(["G", "W", "A", "XYZ", "L"]).to_list()
+    ids = train["id"] if "id" in train.column_names else None
+    return write_reference_table(reference_table(arrays, ids=ids), output_dir / REFERENCE_FILES[0])
 
 
 # -------------------------------------------------------------------------------------------------------- rl
@@ -149,27 +253,32 @@ class RLScriptArguments:
             "training distribution), a parquet / prepared folder with a G column, or '225,221'."
         },
     )
-    resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Resume from the last checkpoint in output_dir (as --resume_from_checkpoint last)."},
+    )
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
 
 
 def run_rl(argv: list[str] | None = None):
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import TrlParser
 
-    from ..pretrained import SPACE_GROUP_FILE, load_model, space_group_distribution
+    from ..pretrained import REFERENCE_FILES, SPACE_GROUP_FILE, load_model, model_reference, space_group_distribution
     from .crystal_rloo_config import CrystalRLConfig
     from .crystal_rloo_trainer import CrystalRLOOTrainer, space_group_prompts
     from .rl_plots import plot_rl_curves
 
     parser = TrlParser((RLScriptArguments, CrystalRLConfig), prog="crystalformer-rl rl")
-    script, config = parser.parse_args_and_config(argv)
-    reward_kwargs = json.loads(script.reward_kwargs) if script.reward_kwargs else {}
-    rewards = [load_reward(name, **reward_kwargs.get(name, {})) for name in script.rewards]
+    script, config = parse_command_line(parser, argv)
+    try:
+        reward_kwargs = json.loads(script.reward_kwargs) if script.reward_kwargs else {}
+    except ValueError as exc:
+        raise UsageError(f"--reward_kwargs: not a JSON object ({exc})") from None
+    checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, resume=script.resume)
     model = load_model(script.model)
+    rewards = [load_reward(name, **reward_kwargs.get(name, {})) for name in script.rewards]
     groups = config.space_groups or training_space_groups(script.prompts, script.model)
     trainer = CrystalRLOOTrainer(model, rewards, args=config, train_dataset=space_group_prompts(groups))
-    checkpoint = get_last_checkpoint(config.output_dir) if script.resume and os.path.isdir(config.output_dir) else None
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
@@ -177,8 +286,216 @@ def run_rl(argv: list[str] | None = None):
         counts = space_group_distribution(script.model)  # the fine-tuned model samples the same prompts
         if counts is not None:
             (Path(config.output_dir) / SPACE_GROUP_FILE).write_text(json.dumps(counts))
+        reference = model_reference(script.model)  # novelty stays judged against the base model's training set
+        if reference is not None:
+            name = REFERENCE_FILES[1] if reference.suffix == ".parquet" else REFERENCE_FILES[0]
+            shutil.copyfile(reference, Path(config.output_dir) / name)
         plot_rl_curves(trainer.state.log_history, Path(config.output_dir) / "rl_curves.png")
         with open(Path(config.output_dir) / "log_history.json", "w") as f:
+            json.dump(trainer.state.log_history, f, indent=1)
+        if script.push_to_hub_id:
+            trainer.accelerator.unwrap_model(trainer.model).push_to_hub(script.push_to_hub_id)
+            trainer.crystal_tokenizer.push_to_hub(script.push_to_hub_id)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------------------- dpo
+PAIR_SOURCES = ("sample", "relax")
+_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+@dataclass
+class DPOScriptArguments:
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Base model: folder, Hub id or .pkl (default: the embedded model). It is also π_ref, and it "
+            "samples the crystals when the pairs are built here."
+        },
+    )
+    pairs: str = field(
+        default="sample",
+        metadata={
+            "help": "Where the pairs come from: 'sample' (the model's own samples scored by --reward; within a space "
+            "group the i-th best is paired with the i-th worst when they differ by --margin), 'relax' (samples "
+            "against their relaxed selves, chosen = relaxed), or a table (CSV / parquet / JSON file or folder, or a "
+            "Hub dataset) with row-aligned --chosen_column / --rejected_column (CIF, structure dicts or token "
+            "strings), or the pairs.parquet of an earlier run. Bad rows are skipped and reported."
+        },
+    )
+    chosen_column: str = field(default="chosen", metadata={"help": "Column of the preferred crystals."})
+    rejected_column: str = field(default="rejected", metadata={"help": "Column of the rejected crystals."})
+    reward: str = field(
+        default="ehull",
+        metadata={
+            "help": "Reward ranking the samples with --pairs sample (higher is better): "
+            + ", ".join(REWARDS)
+            + " or an import path 'module:callable'."
+        },
+    )
+    reward_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": 'JSON object of keyword arguments for the reward, e.g. \'{"calculator": "chgnet-r2scan"}\'.'
+        },
+    )
+    num_samples: int = field(default=2000, metadata={"help": "Crystals to sample when the pairs are built here."})
+    margin: float = field(
+        default=0.1,
+        metadata={"help": "Smallest reward difference of a sampled pair (reward units: eV/atom for ehull)."},
+    )
+    failure_reward: float | None = field(
+        default=None,
+        metadata={
+            "help": "Score samples the reward cannot score with this value, so they can be paired as rejected; "
+            "default: leave them out (reported in pair_failures.csv)."
+        },
+    )
+    prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Space groups to sample: 'default' (the model's training distribution), a parquet / prepared "
+            "folder with a G column, or '225,221'."
+        },
+    )
+    sample_seed: int = field(default=0, metadata={"help": "Seed of the sampler and of the space-group draw."})
+    sample_batch_size: int = field(default=500, metadata={"help": "Crystals per sampling batch."})
+    relax_fmax: float = field(default=0.1, metadata={"help": "--pairs relax: force threshold (eV/Å)."})
+    relax_steps: int = field(default=500, metadata={"help": "--pairs relax: maximum relaxation steps."})
+    validation_fraction: float = field(
+        default=0.2, metadata={"help": "Share of the pairs held out for validation after a shuffle (reference: 0.2)."}
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Resume from the last checkpoint in output_dir (as --resume_from_checkpoint last)."},
+    )
+    push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
+
+
+def _pair_settings(script: DPOScriptArguments) -> dict:
+    """What decides the pairs: a run whose output_dir holds pairs built with the same settings reuses them."""
+    from dataclasses import asdict
+
+    skip = ("validation_fraction", "resume", "push_to_hub_id")
+    return {k: v for k, v in asdict(script).items() if k not in skip}
+
+
+def _cached_pairs(output_dir: Path, settings: dict):
+    import pandas as pd
+
+    from .dpo_pairs import PAIRS_FILE, SUMMARY_FILE
+
+    pairs, summary = output_dir / PAIRS_FILE, output_dir / SUMMARY_FILE
+    if pairs.is_file() and summary.is_file() and json.loads(summary.read_text()).get("settings") == settings:
+        return pd.read_parquet(pairs)
+    return None
+
+
+def build_dpo_pairs(script: DPOScriptArguments, model, reward_kwargs: dict, device=None):
+    """(pairs, failures, summary) as ``--pairs`` says (see its help)."""
+    import numpy as np
+
+    from ..tokenization import CrystalTokenizer
+    from . import dpo_pairs
+
+    tokenizer = CrystalTokenizer(n_max=model.config.n_max)
+    if script.pairs not in PAIR_SOURCES:
+        try:
+            pairs, failures = dpo_pairs.load_pair_table(
+                script.pairs, script.chosen_column, script.rejected_column, tokenizer=tokenizer
+            )
+        except ValueError as exc:  # a missing column names the columns it found
+            raise UsageError(f"--pairs {script.pairs}: {one_line(exc)}") from exc
+        return pairs, failures, dpo_pairs.summarise(pairs, failures, {"settings": _pair_settings(script)})
+    groups = training_space_groups(script.prompts, script.model)
+    groups = np.random.default_rng(script.sample_seed).choice(np.asarray(groups), size=script.num_samples)
+    if device is not None:
+        model.to(device)
+    if script.pairs == "sample":
+        reward = load_reward(script.reward, **reward_kwargs)
+        pairs, failures, counts = dpo_pairs.build_reward_pairs(
+            model,
+            reward,
+            groups,
+            margin=script.margin,
+            seed=script.sample_seed,
+            batch_size=script.sample_batch_size,
+            failure_reward=script.failure_reward,
+        )
+    else:
+        pairs, failures, counts = dpo_pairs.build_relaxation_pairs(
+            model,
+            groups,
+            seed=script.sample_seed,
+            batch_size=script.sample_batch_size,
+            fmax=script.relax_fmax,
+            steps=script.relax_steps,
+        )
+    counts.pop("pairs", None)
+    return pairs, failures, dpo_pairs.summarise(pairs, failures, {"settings": _pair_settings(script)}, **counts)
+
+
+def run_dpo(argv: list[str] | None = None):
+    from accelerate import PartialState
+    from transformers.trainer_utils import IntervalStrategy
+    from trl import TrlParser
+
+    from ..pretrained import REFERENCE_FILES, SPACE_GROUP_FILE, load_model, model_reference, space_group_distribution
+    from .crystal_dpo_config import CrystalDPOConfig
+    from .crystal_dpo_trainer import CrystalDPOTrainer
+    from .dpo_pairs import pairs_dataset, split_pairs, write_pairs
+
+    parser = TrlParser((DPOScriptArguments, CrystalDPOConfig), prog="crystalformer-rl dpo")
+    script, config = parse_command_line(parser, argv)
+    if not 0.0 <= script.validation_fraction < 1.0:
+        raise UsageError(f"--validation_fraction {script.validation_fraction}: use a value in [0, 1)")
+    if script.pairs not in PAIR_SOURCES and not Path(script.pairs).exists() and not _HUB_DATASET.match(script.pairs):
+        raise UsageError(
+            f"--pairs {script.pairs}: no such file or folder; pass 'sample', 'relax', a CSV / parquet / JSON table "
+            "with chosen and rejected columns, or a Hub dataset id"
+        )
+    try:
+        reward_kwargs = json.loads(script.reward_kwargs) if script.reward_kwargs else {}
+    except ValueError as exc:
+        raise UsageError(f"--reward_kwargs: not a JSON object ({exc})") from None
+    checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, resume=script.resume)
+    model = load_model(script.model)
+
+    # The main process builds (or reuses) the pairs and writes them; the others read what it wrote.
+    output_dir, settings, state = Path(config.output_dir), _pair_settings(script), PartialState()
+    with state.main_process_first():
+        pairs = _cached_pairs(output_dir, settings)
+        if pairs is None:
+            pairs, failures, summary = build_dpo_pairs(script, model, reward_kwargs, device=config.device)
+            if state.is_main_process:
+                write_pairs(pairs, failures, output_dir, summary)
+                print(json.dumps({k: v for k, v in summary.items() if k != "settings"}))
+    if len(pairs) < 2:
+        raise UsageError(
+            f"only {len(pairs)} preference pair(s) (see {output_dir / 'pair_failures.csv'}): sample more "
+            "(--num_samples), lower --margin, or pass a table with --pairs"
+        )
+    train, valid = split_pairs(pairs_dataset(pairs), script.validation_fraction, seed=config.seed)
+    if valid is None and config.eval_strategy != "no":  # Trainer refuses an eval strategy without eval data
+        config.eval_strategy, config.do_eval = IntervalStrategy.NO, False
+
+    trainer = CrystalDPOTrainer(model, config, train_dataset=train, eval_dataset=valid)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(config.output_dir)
+    if trainer.is_world_process_zero():
+        trainer.crystal_tokenizer.save_pretrained(config.output_dir)
+        counts = space_group_distribution(script.model)  # the fine-tuned model samples the same space groups
+        if counts is not None:
+            (output_dir / SPACE_GROUP_FILE).write_text(json.dumps(counts))
+        reference = model_reference(script.model)  # novelty stays judged against the base model's training set
+        if reference is not None:
+            name = REFERENCE_FILES[1] if reference.suffix == ".parquet" else REFERENCE_FILES[0]
+            shutil.copyfile(reference, output_dir / name)
+        with open(output_dir / "log_history.json", "w") as f:
             json.dump(trainer.state.log_history, f, indent=1)
         if script.push_to_hub_id:
             trainer.accelerator.unwrap_model(trainer.model).push_to_hub(script.push_to_hub_id)

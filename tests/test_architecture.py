@@ -1,0 +1,79 @@
+"""The layering rules of docs/architecture.md, checked on the source: a forbidden import fails this test."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "crystalformer_rl"
+
+# layer -> layers it must not import (by the first component under crystalformer_rl)
+FORBIDDEN = {
+    "modeling_crystalformer": {"trainers", "reward_models", "evaluation", "cli", "sample", "data"},
+    "tokenization": {"modeling_crystalformer", "trainers", "reward_models", "evaluation", "cli", "sample"},
+    "reward_models": {"trainers", "cli", "sample"},
+    "evaluation": {"trainers", "cli"},
+    "devices": {"trainers", "reward_models", "evaluation", "modeling_crystalformer", "cli"},
+    "errors": {"trainers", "reward_models", "evaluation", "modeling_crystalformer", "cli", "tokenization"},
+}
+
+
+def imported_layers(source: str, module: str) -> set[str]:
+    """The crystalformer_rl sub-modules that `source` (the text of crystalformer_rl.<module>) imports."""
+    parts = module.split(".")
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the importing module's package
+                package = parts[: len(parts) - node.level] if node.level <= len(parts) else []
+                base = ".".join(["crystalformer_rl", *package, *([node.module] if node.module else [])])
+                names = [base] if node.module else [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            pieces = name.split(".")
+            if pieces[0] == "crystalformer_rl" and len(pieces) > 1:
+                found.add(pieces[1])
+    return found
+
+
+def violations() -> list[str]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        layer = module.split(".")[0]
+        for bad in imported_layers(path.read_text(), module) & FORBIDDEN.get(layer, set()):
+            out.append(f"crystalformer_rl/{path.relative_to(PACKAGE)} imports crystalformer_rl.{bad}")
+    return out
+
+
+def test_no_layer_imports_what_it_must_not_know():
+    assert violations() == []
+
+
+@pytest.mark.parametrize(
+    "source, module, expected",
+    [
+        ("from ..trainers import CrystalRLConfig", "reward_models.ehull", {"trainers"}),
+        (
+            "import crystalformer_rl.reward_models.ehull as e",
+            "modeling_crystalformer.modeling_crystalformer",
+            {"reward_models"},
+        ),
+        ("from .. import evaluation", "modeling_crystalformer.sampling_crystalformer", {"evaluation"}),
+        ("from .energy import relax_structure", "reward_models.ehull", {"reward_models"}),
+        ("def f():\n    from ..trainers.commands import load_reward\n", "reward_models.base", {"trainers"}),
+    ],
+)
+def test_the_checker_sees_a_deliberate_violation(source, module, expected):
+    """Absolute, relative and function-level imports are all seen, so a violation cannot slip through."""
+    assert imported_layers(source, module) == expected
+    layer = module.split(".")[0]
+    assert (expected & FORBIDDEN[layer]) == (expected - {layer})
