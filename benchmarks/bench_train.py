@@ -229,7 +229,9 @@ def main():
         "pretraining_path": pretraining,
         "pretraining_speedup_vs_previous": round(
             pretraining["project defaults"]["crystals_per_s"] / pretraining["previous defaults"]["crystals_per_s"], 2
-        ),
+        )
+        if {"project defaults", "previous defaults"} <= set(pretraining)
+        else None,
         "reference_jax_crystals_per_s_paper_batch_100": REFERENCE_JAX,
     }
     print(json.dumps(summary, indent=2))

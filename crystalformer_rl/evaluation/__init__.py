@@ -16,11 +16,12 @@ from .evaluate import (
     evaluate_crystals,
     evaluate_structures,
     run_evaluate,
+    space_group_table,
     summarize,
 )
 from .io import LoadedCrystals, load_crystals
 from .matching import ReferenceIndex, deduplicate, novelty, reduced_formula, space_group_number
-from .plots import plot_ehull_histogram, plot_property_scatter, plot_space_group_bars
+from .plots import plot_ehull_histogram, plot_property_scatter, plot_space_group_bars, plot_space_group_rates
 from .stability import compute_ehull, default_ehull_fn, default_relax_fn, relax_structures
 from .validity import (
     check_composition_validity,
@@ -50,10 +51,12 @@ __all__ = [
     "plot_ehull_histogram",
     "plot_property_scatter",
     "plot_space_group_bars",
+    "plot_space_group_rates",
     "reduced_formula",
     "relax_structures",
     "run_evaluate",
     "space_group_number",
+    "space_group_table",
     "structure_validity",
     "summarize",
 ]

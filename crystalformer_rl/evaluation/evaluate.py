@@ -1,19 +1,34 @@
 """Evaluate generated crystals: validity, uniqueness, novelty, stability and S.U.N., as a table, a summary and plots.
 
-Definitions (CrystalFormer-RL's evaluation, after CDVAE and ``check_sun_materials``):
+Definitions (CrystalFormer-RL's evaluation, after CDVAE and ``check_sun_materials``; ``docs/evaluation.md`` has the
+full account):
 
 * **valid** = structure validity (distances ≥ 0.5 Å, volume ≥ 0.1 Å^3) and SMACT composition validity;
 * **unique**: greedy de-duplication in input order with ``StructureMatcher()`` defaults, within a reduced formula;
-* **novel**: no ``StructureMatcher`` match among reference structures (the training corpus) of the same reduced
-  formula (optionally also the same space group);
-* **stable**: ``E_hull <= ehull_threshold`` (0.1 eV/atom, inclusive as ``check_sun_materials``), on the relaxed
-  structure when relaxation is on, else on the structure as sampled; unscorable structures are not stable;
+* **novel**: no reference structure (the training corpus) shares the reduced formula, or none of those that do
+  matches under ``StructureMatcher`` (optionally only those of the same space group); a test the matcher could
+  not finish is *undecided* and counts as not novel (``novelty_error``, ``n_novelty_undecided``);
+* **stable**: ``E_hull <= ehull_threshold`` (0.1 eV/atom, inclusive as ``check_sun_materials``); unscorable
+  structures are not stable. ``stable_unrelaxed`` judges the structure as sampled (``e_hull``), ``stable_relaxed``
+  the MLIP-relaxed one (``e_hull_relaxed``, with relaxation);
 * **S.U.N.**: stable, novel, and the first stable-and-novel member of its duplicate group. Each distinct stable
   novel crystal counts once even when its first occurrence is unstable, as the reference (which filters stable
-  structures before de-duplicating) does.
+  structures before de-duplicating) does. Two rules are reported:
 
-Rates are fractions of *all* inputs, undecodable samples included. With relaxation, uniqueness and novelty are
-judged on the relaxed structures (where relaxation succeeded), as the reference does.
+  - ``sun_unrelaxed``: everything judged on the structures as sampled (the E_hull the RL reward sees);
+  - ``sun_relaxed`` (with relaxation): the reference's ``check_sun_materials`` rule: relaxed E_hull, uniqueness
+    and novelty of the relaxed structures (the structure as sampled where relaxation failed).
+
+  ``stable``/``unique``/``novel``/``sun`` are the relaxed rule's columns with relaxation and the unrelaxed rule's
+  without; with relaxation the unrelaxed rule's own are ``unique_unrelaxed``/``novel_unrelaxed``.
+
+Rates are fractions of *all* inputs, undecodable samples included. :func:`space_group_table` breaks them down by
+space group (the one the sampler was asked for when the input says, paper Fig. 4), and S.U.N. per second divides
+the S.U.N. count by the sampling wall time recorded in the samples' metadata.
+
+The reference defaults to the training crystals of the model that sampled the input (named in its metadata, e.g.
+``samples.csv.meta.json``): a model folder's own ``reference_corpus.*``, and for the embedded model the corpus
+shipped with the package (:data:`DEFAULT_REFERENCE`); crystals of unknown origin are compared with the latter.
 
 Command line: ``crystalformer-rl evaluate samples.csv --output-dir eval/ [--relax]``.
 """
@@ -30,15 +45,17 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
+from ..pretrained import SHIPPED_REFERENCE, model_reference
 from .io import LoadedCrystals, atomic_write_table, atomic_write_text, load_crystals, read_table
-from .matching import ReferenceIndex, deduplicate, novelty, reduced_formula, space_group_number
+from .matching import ReferenceIndex, deduplicate, novelty_checks, reduced_formula, space_group_number
 from .stability import (
     EhullFn,
     RelaxFn,
@@ -56,15 +73,51 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_REFERENCE",
     "EvaluationResult",
+    "ReferenceChoice",
     "add_evaluate_arguments",
+    "default_reference",
     "evaluate_crystals",
     "evaluate_structures",
     "run_evaluate",
+    "space_group_table",
     "summarize",
 ]
 
-#: the project's training corpus, used for novelty when present and no reference is given on the command line
-DEFAULT_REFERENCE = Path("data") / "corpus" / "train.parquet"
+#: the embedded model's training corpus, shipped with the package: novelty when no reference is given
+DEFAULT_REFERENCE = SHIPPED_REFERENCE
+
+#: the two S.U.N. rules of the table and summary (``docs/evaluation.md``); ``sun`` is the relaxed one when relaxed
+SUN_RULES = {
+    "sun_unrelaxed": "E_hull of the structure as sampled <= ehull_threshold; unique and novel as sampled",
+    "sun_relaxed": (
+        "check_sun_materials: E_hull of the relaxed structure <= ehull_threshold; unique and novel after relaxation"
+    ),
+}
+#: boolean columns the summary counts (n_X, frac_X of all rows); the last two only exist with relaxation
+SUMMARY_FLAGS = (
+    "struct_valid",
+    "comp_valid",
+    "valid",
+    "unique",
+    "novel",
+    "stable",
+    "sun",
+    "stable_unrelaxed",
+    "sun_unrelaxed",
+    "stable_relaxed",
+    "sun_relaxed",
+)
+_RELAX_ONLY_FLAGS = ("unique_unrelaxed", "novel_unrelaxed")
+#: boolean columns broken down by space group
+SPACE_GROUP_FLAGS = (
+    "valid",
+    "unique",
+    "novel",
+    "stable_unrelaxed",
+    "stable_relaxed",
+    "sun_unrelaxed",
+    "sun_relaxed",
+)
 
 
 @dataclass
@@ -74,6 +127,7 @@ class EvaluationResult:
     table: pd.DataFrame
     summary: dict[str, Any]
     relaxed: list[Structure | None] = field(default_factory=list)
+    by_space_group: pd.DataFrame | None = None  # :func:`space_group_table` of ``table``
 
     def save(
         self,
@@ -83,8 +137,11 @@ class EvaluationResult:
         label: str = "samples",
         compare: dict[str, Sequence[float | None]] | None = None,
     ) -> dict[str, Path]:
-        """Write ``structures.{csv,parquet}``, ``summary.json`` and the plots (atomically); returns the paths."""
-        from .plots import plot_ehull_histogram, plot_space_group_bars
+        """Write ``structures.{csv,parquet}``, ``space_groups.csv``, ``summary.json`` and the plots (atomically).
+
+        Returns the paths written.
+        """
+        from .plots import plot_ehull_histogram, plot_space_group_bars, plot_space_group_rates
 
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +152,8 @@ class EvaluationResult:
                 paths[f"table_{fmt}"] = atomic_write_table(self.table, path)
             except Exception as exc:  # e.g. a mixed-type input column parquet cannot hold: keep the CSV
                 logger.warning("could not write %s: %s", path, exc)
+        if self.by_space_group is not None:
+            paths["space_group_table"] = atomic_write_table(self.by_space_group, out / "space_groups.csv")
         paths["summary"] = atomic_write_text(
             json.dumps(_jsonable(self.summary), indent=2) + "\n", out / "summary.json"
         )
@@ -109,7 +168,26 @@ class EvaluationResult:
                 paths["space_groups"] = plot_space_group_bars(
                     {label: self.table["space_group"].tolist()}, out / "space_groups.png"
                 )
+            frame = self.by_space_group
+            if frame is not None and frame["space_group"].notna().any():
+                rates = _space_group_rates(frame)
+                by = self.summary.get("space_group_column", "space_group")
+                paths["space_group_rates"] = plot_space_group_rates(
+                    frame,
+                    out / "space_group_rates.png",
+                    columns=rates,
+                    title=f"{label}: by {'space group asked for' if by != 'space_group' else 'space group'}",
+                )
         return paths
+
+
+def _space_group_rates(frame: pd.DataFrame) -> list[str]:
+    """The rates the per-space-group bars show: S.U.N. if computed, else stability, else validity."""
+    for family in ("sun", "stable"):
+        columns = [f"frac_{family}_{rule}" for rule in ("unrelaxed", "relaxed") if f"frac_{family}_{rule}" in frame]
+        if columns:
+            return columns
+    return ["frac_valid"]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -134,40 +212,106 @@ def _count(series: pd.Series) -> int:
     return int(series.fillna(False).astype(bool).sum())
 
 
+def _ehull_stats(table: pd.DataFrame, column: str, prefix: str) -> dict[str, Any]:
+    e = pd.to_numeric(table[column], errors="coerce").dropna()
+    return {
+        f"n_{prefix}": int(e.size),
+        f"{prefix}_mean": float(e.mean()) if e.size else None,
+        f"{prefix}_median": float(e.median()) if e.size else None,
+        f"{prefix}_q10": float(e.quantile(0.1)) if e.size else None,
+    }
+
+
 def summarize(table: pd.DataFrame, settings: dict[str, Any], sampling_seconds: float | None = None) -> dict[str, Any]:
-    """Counts and fractions (of all rows) of a per-structure table, plus E_hull statistics and S.U.N. per second."""
+    """Counts and fractions (of all rows) of a per-structure table, plus E_hull statistics and S.U.N. per second.
+
+    Keys without a rule suffix (``n_stable``, ``n_sun``, ``ehull_mean``, ``sun_per_second``) are the headline: the
+    relaxed rule when the table has relaxed E_hull, else the unrelaxed one; ``*_unrelaxed``/``*_relaxed`` are both.
+    """
     n = len(table)
     summary: dict[str, Any] = {"n_total": n, "n_built": int(table["error"].isna().sum())}
-    for column in ("struct_valid", "comp_valid", "valid", "unique", "novel", "stable", "sun"):
+    present = [c for c in _RELAX_ONLY_FLAGS if c in table]
+    for column in (*SUMMARY_FLAGS, *present):
         if column in table and table[column].notna().any():
             summary[f"n_{column}"] = _count(table[column])
             summary[f"frac_{column}"] = summary[f"n_{column}"] / n if n else None
         else:
             summary[f"n_{column}"] = None
             summary[f"frac_{column}"] = None
+    if "novelty_error" in table:
+        summary["n_novelty_undecided"] = int(table["novelty_error"].notna().sum())
+    if "novelty_error_unrelaxed" in table:
+        summary["n_novelty_undecided_unrelaxed"] = int(table["novelty_error_unrelaxed"].notna().sum())
+    if "novelty_stage" in table:
+        summary["n_novel_new_composition"] = int((table["novelty_stage"] == "composition").sum())
     if summary["n_stable"] is not None:
         summary["n_stable_unique"] = int((table["stable"].fillna(False) & table["unique"].fillna(False)).sum())
     ehull_column = "e_hull_relaxed" if "e_hull_relaxed" in table else "e_hull"
     if ehull_column in table:
-        e = pd.to_numeric(table[ehull_column], errors="coerce").dropna()
         summary["ehull_column"] = ehull_column
-        summary["n_ehull"] = int(e.size)
-        summary["ehull_mean"] = float(e.mean()) if e.size else None
-        summary["ehull_median"] = float(e.median()) if e.size else None
-        summary["ehull_q10"] = float(e.quantile(0.1)) if e.size else None
+        summary.update(_ehull_stats(table, ehull_column, "ehull"))
+    for column, prefix in (("e_hull", "ehull_unrelaxed"), ("e_hull_relaxed", "ehull_relaxed")):
+        if column in table:
+            summary.update(_ehull_stats(table, column, prefix))
     summary["sampling_seconds"] = sampling_seconds
-    summary["sun_per_second"] = (
-        summary["n_sun"] / sampling_seconds
-        if summary["n_sun"] is not None and sampling_seconds is not None and sampling_seconds > 0
-        else None
-    )
+    for key in ("sun", "sun_unrelaxed", "sun_relaxed"):
+        count = summary.get(f"n_{key}")
+        summary[f"{key}_per_second"] = (
+            count / sampling_seconds
+            if count is not None and sampling_seconds is not None and sampling_seconds > 0
+            else None
+        )
+    if summary["n_sun"] is not None:
+        summary["sun_rule"] = "sun_relaxed" if summary["n_sun_relaxed"] is not None else "sun_unrelaxed"
+        summary["sun_rules"] = {k: v for k, v in SUN_RULES.items() if summary[f"n_{k}"] is not None}
     reasons: Counter = Counter()
-    for column in ("error", "struct_reason", "comp_reason", "e_hull_reason", "relax_reason", "e_hull_relaxed_reason"):
+    for column in (
+        "error",
+        "struct_reason",
+        "comp_reason",
+        "e_hull_reason",
+        "relax_reason",
+        "e_hull_relaxed_reason",
+        "novelty_error",
+    ):
         if column in table:
             reasons.update(f"{column}: {r}" for r in table[column].dropna())
     summary["top_failure_reasons"] = dict(reasons.most_common(10))
     summary["settings"] = settings
     return summary
+
+
+def space_group_table(table: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
+    """Counts and rates per space group, the paper's Fig. 4: one row per group, most frequent first.
+
+    ``by`` is the grouping column; by default the space group the sampler was asked for (``G``, as ``crystalformer-rl
+    sample`` writes it) when the input has one, else ``space_group`` (spglib on the structure as sampled). Rates are
+    fractions of the group's rows; ``frac_of_samples`` is the group's share of all rows. Undecodable rows with no
+    group form a row of their own (an empty ``space_group``), so the counts add up to the summary's.
+    """
+    if by is None:
+        by = "G" if "G" in table.columns and table["G"].notna().any() else "space_group"
+    if by not in table.columns:
+        raise ValueError(f"no column {by!r} to group by (columns: {', '.join(map(str, table.columns))})")
+    frame = pd.DataFrame({"space_group": pd.to_numeric(table[by], errors="coerce").astype("Int64")})
+    flags = [c for c in SPACE_GROUP_FLAGS if c in table and table[c].notna().any()]
+    for c in flags:
+        frame[c] = table[c].fillna(False).astype(bool).to_numpy()
+    ehulls = [c for c in ("e_hull", "e_hull_relaxed") if c in table]
+    for c in ehulls:
+        frame[c] = pd.to_numeric(table[c], errors="coerce").to_numpy()
+    grouped = frame.groupby("space_group", dropna=False, sort=True)
+    out = pd.DataFrame({"n": grouped.size()})
+    out["frac_of_samples"] = out["n"] / max(len(table), 1)
+    for c in flags:
+        out[f"n_{c}"] = grouped[c].sum().astype(int)
+        out[f"frac_{c}"] = out[f"n_{c}"] / out["n"]
+    for c in ehulls:
+        out[f"{c}_median"] = grouped[c].median()
+    out = out.reset_index().sort_values(["n", "space_group"], ascending=[False, True], kind="stable")
+    out = out.reset_index(drop=True)
+    out.attrs["by"] = by
+    return out
 
 
 def _as_reference(reference: Any, progress: bool) -> ReferenceIndex | None:
@@ -196,6 +340,7 @@ def evaluate_structures(
     symprec: float = 0.1,
     sampling_seconds: float | None = None,
     batch_size: int = 64,
+    space_group_column: str | None = None,
     progress: bool = True,
 ) -> EvaluationResult:
     """Evaluate crystals (see the module docstring for the definitions); never raises on a bad structure.
@@ -203,8 +348,9 @@ def evaluate_structures(
     Args:
         structures: the crystals (``None`` for samples that could not be decoded), or a :class:`LoadedCrystals`.
         names, errors, extra: row names, why a ``None`` structure failed, extra columns copied into the table.
-        reference: structures for novelty (a :class:`ReferenceIndex`, structures, or a table path); ``None``
-            skips novelty (and therefore S.U.N.).
+        reference: structures for novelty (a :class:`ReferenceIndex`, structures, a table or CIF folder path, or a
+            ``datasets`` Hub id); ``None`` skips novelty (and therefore S.U.N.); :func:`default_reference` gives
+            the one the command line uses.
         stability: compute E_hull through ``ehull_fn`` (default: ``reward_models.EhullReward(**ehull_kwargs)``,
             e.g. ``{"calculator": "chgnet-r2scan", "hull": ReferenceHull(...)}``).
         relax: relax with ``relax_fn`` (default: the reward's energy model, FIRE, ``fmax``, ``steps``) and judge
@@ -212,6 +358,8 @@ def evaluate_structures(
         ehull_threshold: stable means ``E_hull <= ehull_threshold`` eV/atom.
         symprec: spglib tolerance of the ``space_group`` column.
         sampling_seconds: wall time spent generating the samples, for S.U.N. per second.
+        space_group_column: column of the per-space-group table (:func:`space_group_table`; default: the space
+            group the sampler was asked for, ``G``, when the input has it, else the detected ``space_group``).
     """
     t0 = time.perf_counter()
     if isinstance(structures, LoadedCrystals):
@@ -277,12 +425,15 @@ def evaluate_structures(
 
     # ------------------------------------------------------------------ stability
     relaxed: list[Structure | None] = [None] * n
-    stable: list[bool | None] = [None] * n
+    stable: list[bool] | None = None
+    stable_unrelaxed: list[bool] | None = None
     if stability or relax:
         if stability:
             values, reasons = compute_ehull(structures, ehull_fn, batch_size=batch_size, progress=progress)
             table["e_hull"] = pd.array(values, dtype="Float64")
             table["e_hull_reason"] = reasons
+            stable = stable_unrelaxed = _is_stable(table["e_hull"], ehull_threshold)
+            table["stable_unrelaxed"] = pd.array(stable_unrelaxed, dtype="boolean")
         if relax:
             relaxed, energies, relax_reasons = relax_structures(
                 structures, relax_fn, fmax=fmax, steps=steps, progress=progress
@@ -296,30 +447,43 @@ def evaluate_structures(
                 )
                 table["e_hull_relaxed"] = pd.array(values_r, dtype="Float64")
                 table["e_hull_relaxed_reason"] = reasons_r
+                stable = _is_stable(table["e_hull_relaxed"], ehull_threshold)
+                table["stable_relaxed"] = pd.array(stable, dtype="boolean")
         if stability:
-            used = table["e_hull_relaxed"] if relax else table["e_hull"]
-            stable = [bool(v <= ehull_threshold) if v is not pd.NA else False for v in used]
             table["stable"] = pd.array(stable, dtype="boolean")
 
     # ------------------------------------------------------------------ uniqueness, novelty, S.U.N.
+    # With relaxation the headline (relaxed) rule judges the relaxed structures, where relaxation succeeded; the
+    # unrelaxed rule judges the structures as sampled, so its numbers do not depend on whether one relaxes.
     matched = [r if r is not None else s for r, s in zip(relaxed, structures)] if relax else structures
     duplicate_of = deduplicate(matched, progress=progress)
     table["duplicate_of"] = pd.array(duplicate_of, dtype="Int64")
-    table["unique"] = pd.array([d is not None and d == i for i, d in enumerate(duplicate_of)], dtype="boolean")
-    novel: list[bool | None] | None = None
+    table["unique"] = pd.array(_is_unique(duplicate_of), dtype="boolean")
+    checks = None
     if index is not None:
-        novel = novelty(matched, index, same_space_group=same_space_group, progress=progress)
-        table["novel"] = pd.array([bool(v) if v is not None else False for v in novel], dtype="boolean")
-    if novel is not None and stability:
-        sun = [False] * n
-        counted: set[int] = set()
-        for i in range(n):
-            group = duplicate_of[i]
-            if group is None or not (stable[i] and novel[i]) or group in counted:
-                continue
-            counted.add(group)
-            sun[i] = True
-        table["sun"] = pd.array(sun, dtype="boolean")
+        checks = novelty_checks(matched, index, same_space_group=same_space_group, progress=progress)
+        _novelty_columns(table, checks)
+    duplicate_of_unrelaxed, checks_unrelaxed = duplicate_of, checks
+    if relax:
+        moved = [i for i, r in enumerate(relaxed) if r is not None]
+        duplicate_of_unrelaxed = deduplicate(structures, progress=progress)
+        table["duplicate_of_unrelaxed"] = pd.array(duplicate_of_unrelaxed, dtype="Int64")
+        table["unique_unrelaxed"] = pd.array(_is_unique(duplicate_of_unrelaxed), dtype="boolean")
+        if checks is not None:  # only the relaxed ones need a second test
+            checks_unrelaxed = list(checks)
+            again = novelty_checks(
+                [structures[i] for i in moved], index, same_space_group=same_space_group, progress=progress
+            )
+            for i, check in zip(moved, again):
+                checks_unrelaxed[i] = check
+            _novelty_columns(table, checks_unrelaxed, suffix="_unrelaxed")
+    if checks is not None and stability:
+        table["sun"] = pd.array(_sun(stable, _is_novel(checks), duplicate_of), dtype="boolean")
+        table["sun_unrelaxed"] = pd.array(
+            _sun(stable_unrelaxed, _is_novel(checks_unrelaxed), duplicate_of_unrelaxed), dtype="boolean"
+        )
+        if relax:
+            table["sun_relaxed"] = table["sun"]
 
     if extra is not None and len(extra) == n:
         extra = extra.reset_index(drop=True)
@@ -330,6 +494,7 @@ def evaluate_structures(
     settings = {
         "ehull_threshold": ehull_threshold,
         "stable_rule": "e_hull <= ehull_threshold (eV/atom)",
+        "space_group_table_by": None,
         "stability": bool(stability),
         "relaxed": bool(relax),
         "fmax": fmax if relax else None,
@@ -340,11 +505,53 @@ def evaluate_structures(
         "space_group_symprec": symprec,
         "matcher": "pymatgen StructureMatcher() defaults (ltol 0.2, stol 0.3, angle_tol 5)",
     }
+    by_space_group = space_group_table(table, by=space_group_column)
+    settings["space_group_table_by"] = by_space_group.attrs["by"]
     summary = summarize(table, settings, sampling_seconds)
+    summary["space_group_column"] = by_space_group.attrs["by"]
+    summary["n_space_groups"] = int(by_space_group["space_group"].notna().sum())
     summary["evaluation_seconds"] = time.perf_counter() - t0
     if index is None:
         summary["note"] = "no reference set: novelty and S.U.N. not computed"
-    return EvaluationResult(table=table, summary=summary, relaxed=relaxed)
+    return EvaluationResult(table=table, summary=summary, relaxed=relaxed, by_space_group=by_space_group)
+
+
+def _is_stable(ehull: pd.Series, threshold: float) -> list[bool]:
+    """``E_hull <= threshold``; a missing E_hull is not stable."""
+    return [bool(v <= threshold) if v is not pd.NA else False for v in ehull]
+
+
+def _is_unique(duplicate_of: Sequence[int | None]) -> list[bool]:
+    return [d is not None and d == i for i, d in enumerate(duplicate_of)]
+
+
+def _is_novel(checks: Sequence[Any]) -> list[bool]:
+    """Novel only when shown to be: an undecided test counts as not novel."""
+    return [c is not None and c.novel is True for c in checks]
+
+
+def _novelty_columns(table: pd.DataFrame, checks: Sequence[Any], suffix: str = "") -> None:
+    table[f"novel{suffix}"] = pd.array(_is_novel(checks), dtype="boolean")
+    if not suffix:
+        table["novelty_stage"] = [None if c is None or c.novel is None else c.stage for c in checks]
+    table[f"reference_match{suffix}"] = [None if c is None else c.match for c in checks]
+    table[f"novelty_error{suffix}"] = [None if c is None else c.error for c in checks]
+
+
+def _sun(stable: Sequence[bool], novel: Sequence[bool], duplicate_of: Sequence[int | None]) -> list[bool]:
+    """S.U.N. flags: the first stable-and-novel member of each duplicate group.
+
+    Counting a group through its first *stable* member (not its first member) is what the reference's order,
+    stable structures first and de-duplication among them, gives.
+    """
+    sun = [False] * len(stable)
+    counted: set[int] = set()
+    for i, group in enumerate(duplicate_of):
+        if group is None or not (stable[i] and novel[i]) or group in counted:
+            continue
+        counted.add(group)
+        sun[i] = True
+    return sun
 
 
 def evaluate_crystals(
@@ -354,8 +561,13 @@ def evaluate_crystals(
     progress: bool = True,
     **kwargs: Any,
 ) -> EvaluationResult:
-    """Load crystals from ``source`` (see :func:`~crystalformer_rl.evaluation.io.load_crystals`) and evaluate them."""
+    """Load crystals from ``source`` (see :func:`~crystalformer_rl.evaluation.io.load_crystals`) and evaluate them.
+
+    With ``limit``, the sampling time recorded for the whole input is scaled to the crystals evaluated.
+    """
     loaded = load_crystals(source, column=column, limit=limit, progress=progress)
+    if kwargs.get("sampling_seconds") is None:
+        kwargs["sampling_seconds"] = _scaled_sampling_seconds(loaded, limit)[0]
     return evaluate_structures(loaded, progress=progress, **kwargs)
 
 
@@ -372,7 +584,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument(
         "--reference",
         default=None,
-        help=f"reference crystals for novelty (table or CIF folder; default: {DEFAULT_REFERENCE} when present)",
+        help="reference crystals for novelty: a table (CSV/parquet/JSON with a cif, structure or tokens column, or "
+        "token arrays), a folder of CIFs, or a datasets Hub id (owner/name[:split]); default: the sampling model's "
+        "training crystals (a model folder's reference_corpus.*, the shipped corpus for the embedded model)",
     )
     parser.add_argument("--reference-column", default=None, help="crystal column of the reference table")
     parser.add_argument("--no-novelty", action="store_true", help="skip novelty (and S.U.N.)")
@@ -402,6 +616,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="wall time spent sampling, for S.U.N. per second (default: from the input's metadata if any)",
     )
     parser.add_argument("--symprec", type=float, default=0.1, help="spglib tolerance of the space-group column")
+    parser.add_argument(
+        "--space-group-column",
+        default=None,
+        help="column of the per-space-group table space_groups.csv (default: G, the space group the sampler was "
+        "asked for, when the input has it, else space_group, detected by spglib)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="structures per E_hull call")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N crystals")
     parser.add_argument("--label", default=None, help="name of this model in the plots (default: input name)")
@@ -424,7 +644,57 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     )
     parser.add_argument("--no-plots", action="store_true", help="write no figures")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.epilog = (
+        "examples:\n"
+        "  crystalformer-rl evaluate samples/samples.csv -o samples/eval                 # novelty vs the shipped corpus\n"
+        "  crystalformer-rl evaluate samples/cifs --reference data/corpus/train.parquet  # another reference\n"
+        "  crystalformer-rl evaluate samples/samples.csv --relax -o eval-relaxed         # relaxed E_hull"
+    )
     return parser
+
+
+class ReferenceChoice(NamedTuple):
+    """Which novelty reference :func:`default_reference` picked, and why (recorded in the summary's settings)."""
+
+    path: Path | None
+    why: str
+    fallback: bool  # the input names a model whose own training crystals are unknown
+
+
+def default_reference(metadata: dict[str, Any] | None = None) -> ReferenceChoice:
+    """The novelty reference used when none is given, and why: the training crystals of the model named in the
+    input's metadata (``model``, as ``crystalformer-rl sample`` records it), else the shipped corpus."""
+    metadata = metadata or {}
+    model = metadata.get("model")
+    own = model_reference(model) if "model" in metadata else None
+    if own is not None:
+        origin = "the embedded model" if model in (None, "default") else f"model {model}"
+        return ReferenceChoice(own, f"training crystals of {origin} ({own})", False)
+    if not DEFAULT_REFERENCE.is_file():
+        why = f"the shipped corpus {DEFAULT_REFERENCE} is missing (reinstall the package or pass --reference)"
+        return ReferenceChoice(None, why, True)
+    if "model" in metadata:
+        why = (
+            f"the embedded model's training corpus ({DEFAULT_REFERENCE}), as model {model} carries no "
+            f"reference_corpus file; pass --reference with its training set"
+        )
+        return ReferenceChoice(DEFAULT_REFERENCE, why, True)
+    return ReferenceChoice(DEFAULT_REFERENCE, f"the embedded model's training corpus ({DEFAULT_REFERENCE})", False)
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Fail on a missing input before anything slow runs (loading models, reading the reference)."""
+    if not Path(args.input).exists():
+        raise UsageError(
+            f"input {args.input}: no such file or folder; pass the samples.csv written by `crystalformer-rl sample`, "
+            "a folder of CIFs, an extxyz file or a table with a cif/structure/tokens column"
+        )
+    if args.hull and not Path(args.hull).is_file():
+        raise UsageError(f"--hull {args.hull}: no such file; pass a hull table or omit --hull for the shipped MP hull")
+    for spec in args.compare:
+        path = spec.partition("=")[2] or spec
+        if not Path(path).is_file():
+            raise UsageError(f"--compare {spec}: no such file; pass LABEL=structures.csv of an earlier evaluation")
 
 
 def _compare_series(specs: Sequence[str]) -> dict[str, list[float | None]]:
@@ -441,28 +711,54 @@ def _compare_series(specs: Sequence[str]) -> dict[str, list[float | None]]:
     return out
 
 
+def _sampling_seconds(args: argparse.Namespace, loaded: LoadedCrystals) -> tuple[float | None, str | None]:
+    """Sampling wall time for S.U.N. per second, and where it came from.
+
+    With ``--limit`` the recorded time of the whole run is scaled to the crystals evaluated, so that the rate
+    stays the rate of the sampler (``num_samples`` in the metadata says how many the time was spent on).
+    """
+    if args.sampling_seconds is not None:
+        return args.sampling_seconds, "--sampling-seconds"
+    return _scaled_sampling_seconds(loaded, args.limit)
+
+
+def _scaled_sampling_seconds(loaded: LoadedCrystals, limit: int | None) -> tuple[float | None, str | None]:
+    seconds = loaded.sampling_seconds
+    if seconds is None:
+        return None, None
+    total = loaded.metadata.get("num_samples")
+    if limit is not None and isinstance(total, (int, float)) and total > len(loaded) > 0:
+        return seconds * len(loaded) / total, f"input metadata, scaled to {len(loaded)} of {int(total)} samples"
+    return seconds, "input metadata"
+
+
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``crystalformer-rl evaluate``: writes the table, ``summary.json`` and plots; returns the summary."""
+    _check_inputs(args)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     progress = not args.no_progress
-    reference = None
-    if not args.no_novelty:
-        if args.reference is not None:
-            reference = ReferenceIndex.from_file(args.reference, column=args.reference_column, progress=progress)
-        elif DEFAULT_REFERENCE.is_file():
-            logger.info("novelty against %s", DEFAULT_REFERENCE)
-            reference = ReferenceIndex.from_file(DEFAULT_REFERENCE, progress=progress)
-        else:
-            logger.warning("no --reference and no %s: novelty and S.U.N. are skipped", DEFAULT_REFERENCE)
     stability = not args.no_stability
     if stability:
         try:
             _ehull_reward_class()
         except ImportError as exc:
-            raise SystemExit(
+            raise UsageError(
                 f"E_hull needs crystalformer_rl.reward_models.EhullReward ({exc}); or pass --no-stability"
             )
+    reference = None
+    if not args.no_novelty and args.reference is not None:  # a wrong reference fails before the crystals are read
+        reference = ReferenceIndex.from_file(args.reference, column=args.reference_column, progress=progress)
+    loaded = load_crystals(args.input, column=args.column, limit=args.limit, progress=progress)
+    origin = args.reference
+    if not args.no_novelty and reference is None:
+        choice = default_reference(loaded.metadata)
+        origin = choice.why
+        if choice.path is None:
+            logger.warning("no reference: %s; novelty and S.U.N. are skipped", choice.why)
+        else:
+            (logger.warning if choice.fallback else logger.info)("novelty against %s", choice.why)
+            reference = ReferenceIndex.from_file(choice.path, progress=progress)
 
     ehull_kwargs: dict[str, Any] = {}
     if stability and args.calculator:
@@ -472,11 +768,10 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
         ehull_kwargs["hull"] = ReferenceHull.from_file(args.hull, energy_scale=args.hull_energy_scale)
 
-    result = evaluate_crystals(
-        args.input,
+    sampling_seconds, seconds_origin = _sampling_seconds(args, loaded)
+    result = evaluate_structures(
+        loaded,
         ehull_kwargs=ehull_kwargs,
-        column=args.column,
-        limit=args.limit,
         progress=progress,
         reference=reference,
         stability=stability,
@@ -486,10 +781,13 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         ehull_threshold=args.ehull_threshold,
         same_space_group=args.same_space_group,
         symprec=args.symprec,
-        sampling_seconds=args.sampling_seconds,
+        sampling_seconds=sampling_seconds,
         batch_size=args.batch_size,
+        space_group_column=getattr(args, "space_group_column", None),
     )
     result.summary["input"] = str(args.input)
+    result.summary["sampling_seconds_origin"] = seconds_origin
+    result.summary["settings"]["reference_origin"] = origin
     label = args.label or Path(args.input).name
     formats = ("csv", "parquet") if args.format == "both" else (args.format,)
     paths = result.save(
@@ -517,8 +815,13 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("valid", "struct_valid", "comp_valid", "unique", "novel", "stable", "sun"):
         if s[f"n_{key}"] is not None:
             lines.append(f"  {key:<13}{s[f'n_{key}']:>7}  ({100 * s[f'frac_{key}']:.1f} %)")
-    if s.get("sun_per_second") is not None:
-        lines.append(f"  S.U.N./s     {s['sun_per_second']:.4g}")
+    if s.get("n_novelty_undecided"):
+        lines.append(f"  novelty undecided (counted as not novel): {s['n_novelty_undecided']}")
+    for rule in ("unrelaxed", "relaxed"):
+        if s.get(f"n_sun_{rule}") is not None:
+            per_second = s.get(f"sun_{rule}_per_second")
+            rate = f", {per_second:.4g} /s of sampling" if per_second is not None else ""
+            lines.append(f"  S.U.N. ({rule}) {s[f'n_sun_{rule}']:>4}  ({100 * s[f'frac_sun_{rule}']:.1f} %{rate})")
     lines.append("wrote " + ", ".join(str(p) for p in paths.values()))
     print("\n".join(lines))
     return s

@@ -1,5 +1,6 @@
-"""Figures of an evaluation: E_hull histograms of several models overlaid (paper Fig. 3), space-group bars and a
-property scatter (paper Fig. 6a). Matplotlib with the Agg backend; every file is written atomically.
+"""Figures of an evaluation: E_hull histograms of several models overlaid (paper Fig. 3), space-group bars, rates
+per space group (paper Fig. 4) and a property scatter (paper Fig. 6a). Matplotlib with the Agg backend; every file
+is written atomically.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 from .io import atomic_write_bytes
 
 
-__all__ = ["plot_ehull_histogram", "plot_property_scatter", "plot_space_group_bars"]
+__all__ = ["plot_ehull_histogram", "plot_property_scatter", "plot_space_group_bars", "plot_space_group_rates"]
 
 
 def _figure(figsize: tuple[float, float]):
@@ -119,6 +120,61 @@ def plot_space_group_bars(
     if title:
         ax.set_title(title)
     if len(series) > 1:
+        ax.legend(frameon=False)
+    return _save(fig, path)
+
+
+def _rate_label(column: str) -> str:
+    """``frac_sun_relaxed`` -> ``S.U.N. (relaxed)``."""
+    name = column.removeprefix("frac_")
+    base, _, rule = name.partition("_")
+    text = {"sun": "S.U.N.", "stable": "stable", "valid": "valid", "unique": "unique", "novel": "novel"}.get(base)
+    if text is None:
+        return name
+    return f"{text} ({rule})" if rule else text
+
+
+def plot_space_group_rates(
+    table: pd.DataFrame | Mapping[str, pd.DataFrame],
+    path: str | os.PathLike,
+    columns: Sequence[str] = ("frac_sun_unrelaxed", "frac_sun_relaxed"),
+    top: int = 20,
+    title: str | None = None,
+) -> Path:
+    """Grouped bars of per-space-group rates (e.g. the S.U.N. ratio), as the paper's Fig. 4.
+
+    ``table`` is :func:`~crystalformer_rl.evaluation.evaluate.space_group_table`'s output (``space_group``, ``n``
+    and ``frac_*`` columns), or several of them by model name to compare. The ``top`` most frequent groups (over all
+    tables) are shown, each labelled with its sample count; a missing column or group draws no bar.
+    """
+    tables = dict(table) if isinstance(table, Mapping) else {"": table}
+    counts: Counter = Counter()
+    for frame in tables.values():
+        known = frame[frame["space_group"].notna()]
+        counts.update(dict(zip(known["space_group"].astype(int), known["n"].astype(int))))
+    groups = [g for g, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+    series = [
+        (name, column)
+        for name, frame in tables.items()
+        for column in columns
+        if column in frame and frame[column].notna().any()
+    ]
+    fig, ax = _figure((max(6, 0.3 * len(groups) * max(1, len(series))), 4))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    for k, (name, column) in enumerate(series):
+        frame = tables[name]
+        known = frame[frame["space_group"].notna()]
+        rates = dict(zip(known["space_group"].astype(int), known[column].astype(float)))
+        heights = [rates.get(g, np.nan) for g in groups]
+        label = f"{name}: {_rate_label(column)}" if name else _rate_label(column)
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width=width, label=label)
+    ax.set_xticks(x, [f"{g} (n={counts[g]})" for g in groups], rotation=90)
+    ax.set_xlabel("space group")
+    ax.set_ylabel("fraction of the group's samples")
+    if title:
+        ax.set_title(title)
+    if series:
         ax.legend(frameon=False)
     return _save(fig, path)
 

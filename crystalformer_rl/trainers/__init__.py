@@ -1,5 +1,8 @@
-"""Trainers: reinforcement fine-tuning (TRL RLOO with an EMA baseline) and maximum-likelihood pretraining."""
+"""Trainers: reinforcement fine-tuning (TRL RLOO with an EMA baseline), preference optimisation (DPO) and
+maximum-likelihood pretraining."""
 
+from .crystal_dpo_config import CrystalDPOConfig
+from .crystal_dpo_trainer import CrystalDPOTrainer
 from .crystal_rloo_config import CrystalRLConfig
 from .crystal_rloo_trainer import CrystalRLOOTrainer, space_group_prompts
 from .pretrain_config import CrystalPretrainConfig
@@ -7,6 +10,8 @@ from .pretrain_trainer import CrystalPretrainer, PaddingCollator, plot_loss_curv
 
 
 __all__ = [
+    "CrystalDPOConfig",
+    "CrystalDPOTrainer",
     "CrystalPretrainConfig",
     "CrystalPretrainer",
     "CrystalRLConfig",

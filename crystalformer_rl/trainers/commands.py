@@ -381,7 +381,11 @@ def _pair_settings(script: DPOScriptArguments) -> dict:
     from dataclasses import asdict
 
     skip = ("validation_fraction", "resume", "push_to_hub_id")
-    return {k: v for k, v in asdict(script).items() if k not in skip}
+    settings = {k: v for k, v in asdict(script).items() if k not in skip}
+    source = Path(script.pairs)
+    if source.is_file():  # an edited table is a new table
+        settings["pairs_file"] = {"bytes": source.stat().st_size, "mtime": source.stat().st_mtime}
+    return settings
 
 
 def _cached_pairs(output_dir: Path, settings: dict):
