@@ -263,7 +263,7 @@ class RLScriptArguments:
 def run_rl(argv: list[str] | None = None):
     from trl import TrlParser
 
-    from ..pretrained import REFERENCE_FILES, SPACE_GROUP_FILE, load_model, model_reference, space_group_distribution
+    from ..pretrained import load_model
     from .crystal_rloo_config import CrystalRLConfig
     from .crystal_rloo_trainer import CrystalRLOOTrainer, space_group_prompts
     from .rl_plots import plot_rl_curves
@@ -283,15 +283,25 @@ def run_rl(argv: list[str] | None = None):
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         trainer.create_model_card()
-        counts = space_group_distribution(script.model)  # the fine-tuned model samples the same prompts
+        plot_rl_curves(trainer.state.log_history, Path(config.output_dir) / "rl_curves.png")
+    return _finish_fine_tuning(trainer, script, Path(config.output_dir))
+
+
+def _finish_fine_tuning(trainer, script, output_dir: Path):
+    """What every fine-tuning command leaves beside the model (rank 0), then the process-group teardown: the base
+    model's space-group distribution (the fine-tuned model samples the same prompts) and novelty reference
+    (novelty stays judged against the base model's training set), the log history, the optional Hub push."""
+    from ..pretrained import REFERENCE_FILES, SPACE_GROUP_FILE, model_reference, space_group_distribution
+
+    if trainer.is_world_process_zero():
+        counts = space_group_distribution(script.model)
         if counts is not None:
-            (Path(config.output_dir) / SPACE_GROUP_FILE).write_text(json.dumps(counts))
-        reference = model_reference(script.model)  # novelty stays judged against the base model's training set
+            (output_dir / SPACE_GROUP_FILE).write_text(json.dumps(counts))
+        reference = model_reference(script.model)
         if reference is not None:
             name = REFERENCE_FILES[1] if reference.suffix == ".parquet" else REFERENCE_FILES[0]
-            shutil.copyfile(reference, Path(config.output_dir) / name)
-        plot_rl_curves(trainer.state.log_history, Path(config.output_dir) / "rl_curves.png")
-        with open(Path(config.output_dir) / "log_history.json", "w") as f:
+            shutil.copyfile(reference, output_dir / name)
+        with open(output_dir / "log_history.json", "w") as f:
             json.dump(trainer.state.log_history, f, indent=1)
         if script.push_to_hub_id:
             trainer.accelerator.unwrap_model(trainer.model).push_to_hub(script.push_to_hub_id)
@@ -448,7 +458,7 @@ def run_dpo(argv: list[str] | None = None):
     from transformers.trainer_utils import IntervalStrategy
     from trl import TrlParser
 
-    from ..pretrained import REFERENCE_FILES, SPACE_GROUP_FILE, load_model, model_reference, space_group_distribution
+    from ..pretrained import load_model
     from .crystal_dpo_config import CrystalDPOConfig
     from .crystal_dpo_trainer import CrystalDPOTrainer
     from .dpo_pairs import pairs_dataset, split_pairs, write_pairs
@@ -492,20 +502,4 @@ def run_dpo(argv: list[str] | None = None):
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         trainer.crystal_tokenizer.save_pretrained(config.output_dir)
-        counts = space_group_distribution(script.model)  # the fine-tuned model samples the same space groups
-        if counts is not None:
-            (output_dir / SPACE_GROUP_FILE).write_text(json.dumps(counts))
-        reference = model_reference(script.model)  # novelty stays judged against the base model's training set
-        if reference is not None:
-            name = REFERENCE_FILES[1] if reference.suffix == ".parquet" else REFERENCE_FILES[0]
-            shutil.copyfile(reference, output_dir / name)
-        with open(output_dir / "log_history.json", "w") as f:
-            json.dump(trainer.state.log_history, f, indent=1)
-        if script.push_to_hub_id:
-            trainer.accelerator.unwrap_model(trainer.model).push_to_hub(script.push_to_hub_id)
-            trainer.crystal_tokenizer.push_to_hub(script.push_to_hub_id)
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return trainer
+    return _finish_fine_tuning(trainer, script, output_dir)
