@@ -5,8 +5,11 @@ Typical use::
     from crystalformer_rl.evaluation import evaluate_crystals
 
     result = evaluate_crystals("samples.csv", reference="data/corpus/train.parquet", relax=True)
-    result.save("eval/")            # structures.csv / .parquet, summary.json, plots
-    print(result.summary["frac_sun"], result.summary["sun_per_second"])
+    result.save("eval/")            # structures.csv / .parquet, space_groups.csv, summary.json, plots
+    print(result.summary["frac_sun_relaxed"], result.summary["frac_sun_unrelaxed"], result.summary["sun_per_second"])
+    result.by_space_group           # counts and rates per space group (paper Fig. 4)
+
+The metrics, thresholds and both S.U.N. rules are defined in ``docs/evaluation.md``.
 """
 
 from .evaluate import (
