@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -33,3 +34,12 @@ def atomic_write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
         frame.to_csv(tmp, index=False)
     os.replace(tmp, path)
     return path
+
+
+#: a Hub repository id as the Hub validates it: owner/name, letters, digits, "-", "_", "." (no leading "-" or ".")
+HUB_REPO_ID = r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}"
+
+
+def is_hub_repo_id(text: str) -> bool:
+    """Whether ``text`` has the form of a Hub repository id (says nothing of whether it exists)."""
+    return re.fullmatch(HUB_REPO_ID, text) is not None

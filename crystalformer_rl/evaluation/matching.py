@@ -29,6 +29,8 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 from tqdm.auto import tqdm
 
+from ..utils import HUB_REPO_ID
+
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ __all__ = [
 #: columns of a compact reference table (:func:`reference_table`): the formula makes indexing free of parsing
 REFERENCE_COLUMNS = ("id", "reduced_formula", "tokens")
 # owner/name or owner/name:split of a `datasets` Hub repository
-_HUB_DATASET = re.compile(r"^([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?::([\w.-]+))?$")
+_HUB_DATASET = re.compile(rf"^({HUB_REPO_ID})(?::([\w.-]+))?$")
 _CIF_FORMULA = re.compile(r"^_chemical_formula_sum\s+(?:'([^']*)'|\"([^\"]*)\"|(\S+))", re.MULTILINE)
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
+
+from ..utils import is_hub_repo_id
 
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("default")
@@ -25,9 +26,6 @@ OFFICIAL_ALEX20 = "zdcao/CrystalFormer:alex20/PBE/epoch_005500.pkl"
 SHIPPED_REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference" / "mp_corpus_train.csv.gz"
 #: file names a model folder may carry its novelty reference (training crystals) under, in order of preference
 REFERENCE_FILES = ("reference_corpus.csv.gz", "reference_corpus.parquet")
-
-# owner/name as the Hub validates repo ids (letters, digits, "-", "_", "."; no leading "-" or ".")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -85,9 +83,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, **kwargs):
     if text in OFFICIAL_CHECKPOINTS:
         hub_name = True
     elif hub_checkpoint:
-        hub_name = repo.count("/") >= 2 and bool(_HUB_ID.match("/".join(repo.split("/")[:2])))
+        hub_name = repo.count("/") >= 2 and is_hub_repo_id("/".join(repo.split("/")[:2]))
     else:
-        hub_name = bool(_HUB_ID.match(text))
+        hub_name = is_hub_repo_id(text)
     if not hub_name:
         raise ModelNotFoundError(f"model {text}: no such folder or file, and not a Hub id; {hint}")
     try:

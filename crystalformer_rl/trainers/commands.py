@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import shutil
 import sys
 from collections import Counter
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError, one_line
+from ..utils import is_hub_repo_id
 
 
 # Reward names usable in configs; anything else is an import path "package.module:callable_or_factory".
@@ -315,7 +315,6 @@ def _finish_fine_tuning(trainer, script, output_dir: Path):
 
 # ------------------------------------------------------------------------------------------------------- dpo
 PAIR_SOURCES = ("sample", "relax")
-_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 @dataclass
@@ -467,7 +466,7 @@ def run_dpo(argv: list[str] | None = None):
     script, config = parse_command_line(parser, argv)
     if not 0.0 <= script.validation_fraction < 1.0:
         raise UsageError(f"--validation_fraction {script.validation_fraction}: use a value in [0, 1)")
-    if script.pairs not in PAIR_SOURCES and not Path(script.pairs).exists() and not _HUB_DATASET.match(script.pairs):
+    if script.pairs not in PAIR_SOURCES and not Path(script.pairs).exists() and not is_hub_repo_id(script.pairs):
         raise UsageError(
             f"--pairs {script.pairs}: no such file or folder; pass 'sample', 'relax', a CSV / parquet / JSON table "
             "with chosen and rejected columns, or a Hub dataset id"
