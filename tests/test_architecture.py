@@ -10,12 +10,32 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "crystalformer_rl"
 
+# Every layer but the crystallography core (crystallography.py and the Wyckoff tables beside it).
+ABOVE_THE_CORE = {
+    "tokenization",
+    "modeling_crystalformer",
+    "reward_models",
+    "evaluation",
+    "trainers",
+    "data",
+    "pretrained",
+    "cli",
+    "sample",
+    "sampling",
+    "devices",
+    "errors",
+    "utils",
+}
+
 # layer -> layers it must not import (by the first component under crystalformer_rl)
 FORBIDDEN = {
-    "modeling_crystalformer": {"trainers", "reward_models", "evaluation", "cli", "sample", "data"},
+    "crystallography": ABOVE_THE_CORE | {"wyckoff"},
+    "wyckoff": ABOVE_THE_CORE,
+    "modeling_crystalformer": {"tokenization", "trainers", "reward_models", "evaluation", "cli", "sample", "data"},
     "tokenization": {"modeling_crystalformer", "trainers", "reward_models", "evaluation", "cli", "sample"},
     "reward_models": {"trainers", "cli", "sample"},
     "evaluation": {"trainers", "cli"},
+    "trainers": {"cli", "sample"},  # library code lives in `sampling`; `sample` and `cli` are the command line
     "devices": {"trainers", "reward_models", "evaluation", "modeling_crystalformer", "cli"},
     "errors": {"trainers", "reward_models", "evaluation", "modeling_crystalformer", "cli", "tokenization"},
 }
@@ -70,6 +90,13 @@ def test_no_layer_imports_what_it_must_not_know():
         ("from .. import evaluation", "modeling_crystalformer.sampling_crystalformer", {"evaluation"}),
         ("from .energy import relax_structure", "reward_models.ehull", {"reward_models"}),
         ("def f():\n    from ..trainers.commands import load_reward\n", "reward_models.base", {"trainers"}),
+        (
+            "from ..tokenization.wyckoff import WyckoffTables",
+            "modeling_crystalformer.modeling_crystalformer",
+            {"tokenization"},
+        ),
+        ("from .wyckoff import WyckoffTables", "crystallography", {"wyckoff"}),
+        ("from .tokenization import CrystalTokens", "wyckoff", {"tokenization"}),
     ],
 )
 def test_the_checker_sees_a_deliberate_violation(source, module, expected):

@@ -12,6 +12,12 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ..crystallography import DEFAULT_N_MAX, LATTICE_DIM, MAX_ATOMIC_NUMBER, TOKENS_PER_SITE, WYCK_TYPES
+
+
+# Outputs per lattice mixture component: its weight, then the mean and standard deviation of each parameter.
+LATTICE_OUTPUTS_PER_COMPONENT = 1 + 2 * LATTICE_DIM
+
 
 @strict
 class CrystalFormerConfig(PreTrainedConfig):
@@ -74,9 +80,9 @@ class CrystalFormerConfig(PreTrainedConfig):
         "sigmamin": "lattice_sigma_min",
     }
 
-    n_max: int = 21
-    atom_types: int = 119
-    wyck_types: int = 28
+    n_max: int = DEFAULT_N_MAX
+    atom_types: int = MAX_ATOMIC_NUMBER + 1
+    wyck_types: int = WYCK_TYPES
     num_fourier_frequencies: int = 5
     num_coord_components: int = 16
     num_lattice_components: int = 4
@@ -108,7 +114,7 @@ class CrystalFormerConfig(PreTrainedConfig):
     @property
     def lattice_types(self) -> int:
         """Outputs per lattice row: mixture logits, then means and standard deviations of the 6 parameters."""
-        return self.num_lattice_components * (1 + 2 * 6)
+        return self.num_lattice_components * LATTICE_OUTPUTS_PER_COMPONENT
 
     @property
     def output_size(self) -> int:
@@ -120,7 +126,7 @@ class CrystalFormerConfig(PreTrainedConfig):
 
     @property
     def max_positions(self) -> int:
-        return 5 * self.n_max
+        return TOKENS_PER_SITE * self.n_max
 
     def validate_architecture(self):
         super().validate_architecture()
@@ -128,9 +134,9 @@ class CrystalFormerConfig(PreTrainedConfig):
             raise ValueError(
                 f"position_embedding_type must be 'rope' or 'absolute', got {self.position_embedding_type!r}"
             )
-        if self.wyck_types != 28:
+        if self.wyck_types != WYCK_TYPES:
             raise ValueError(
-                f"wyck_types must be 28 (the Wyckoff tables cover letters a..z, A), got {self.wyck_types}"
+                f"wyck_types must be {WYCK_TYPES} (the Wyckoff tables cover letters a..z, A), got {self.wyck_types}"
             )
         if self.atom_types < 2:
             raise ValueError(f"atom_types must be at least 2, got {self.atom_types}")

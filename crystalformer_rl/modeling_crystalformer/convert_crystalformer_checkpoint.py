@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .configuration_crystalformer import CrystalFormerConfig
+from ..crystallography import DEFAULT_N_MAX, TOKENS_PER_SITE
+from .configuration_crystalformer import LATTICE_OUTPUTS_PER_COMPONENT, CrystalFormerConfig
 
 
 HUB_REPO = "zdcao/CrystalFormer"
@@ -193,7 +194,7 @@ def infer_config(params: dict, config=None) -> CrystalFormerConfig:
     inferred["h0_size"] = 0 if "w_params" in top else params["linear"]["w"].shape[1]
     if "positional_embeddings" in top:
         inferred["position_embedding_type"] = "absolute"
-        inferred["n_max"] = top["positional_embeddings"].shape[0] // 5
+        inferred["n_max"] = top["positional_embeddings"].shape[0] // TOKENS_PER_SITE
     else:
         inferred["position_embedding_type"] = "rope"
     num_layers = sum(1 for k in params if re.fullmatch(r"multi_head_attention(_\d+)?/query", k))
@@ -214,7 +215,7 @@ def infer_config(params: dict, config=None) -> CrystalFormerConfig:
     inferred["num_attention_heads"] = given.get("num_attention_heads", inner // head_dim)
     head_name = f"linear_{(5 if inferred['h0_size'] > 0 else 3) + 2 * num_layers + 2}"
     output_size = params[head_name]["w"].shape[1]
-    kl, rest = divmod(output_size - inferred["atom_types"], 13)
+    kl, rest = divmod(output_size - inferred["atom_types"], LATTICE_OUTPUTS_PER_COMPONENT)
     if rest == 0 and kl > 0:
         inferred["num_lattice_components"] = kl
 
@@ -363,7 +364,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads (not inferable from shapes)")
     parser.add_argument("--key-size", type=int, default=None, help="per-head size (not inferable from shapes)")
     parser.add_argument("--Kx", type=int, default=None, help="von Mises components (default 16)")
-    parser.add_argument("--n-max", type=int, default=None, help="sites per crystal (default 21)")
+    parser.add_argument("--n-max", type=int, default=None, help=f"sites per crystal (default {DEFAULT_N_MAX})")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--cache-dir", default=None, help="Hugging Face cache directory for Hub downloads")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload to this Hub repo")

@@ -31,24 +31,16 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ..tokenization.wyckoff import WyckoffTables
-from .configuration_crystalformer import CrystalFormerConfig
-
-
-NUM_SPACE_GROUPS = 230
-TOKENS_PER_SITE = 5  # W, A, X, Y, Z
-LATTICE_DIM = 6  # a, b, c, alpha, beta, gamma
-
-# First space group of each crystal system, and which lattice parameters are free (reference §1.5).
-CRYSTAL_SYSTEMS = (
-    # name, first G, last G, free (a b c alpha beta gamma)
-    ("triclinic", 1, 2, (1, 1, 1, 1, 1, 1)),
-    ("monoclinic", 3, 15, (1, 1, 1, 0, 1, 0)),
-    ("orthorhombic", 16, 74, (1, 1, 1, 0, 0, 0)),
-    ("tetragonal", 75, 142, (1, 0, 1, 0, 0, 0)),
-    ("hexagonal", 143, 194, (1, 0, 1, 0, 0, 0)),  # trigonal groups in the hexagonal setting, too
-    ("cubic", 195, 230, (1, 0, 0, 0, 0, 0)),
+from ..crystallography import (
+    CRYSTAL_SYSTEM_OF_GROUP,
+    LATTICE_DIM,
+    LATTICE_FREE,
+    NUM_SPACE_GROUPS,
+    TOKENS_PER_SITE,
+    TRANSLATION_DENOMINATOR,
 )
+from ..wyckoff import WyckoffTables
+from .configuration_crystalformer import CrystalFormerConfig
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -120,23 +112,18 @@ def _symmetry_arrays() -> dict[str, np.ndarray]:
     real_next = (nxt >= 1) & (nxt <= wmax[:, None, None]) & order_ok & (prev >= 1)
     next_allowed = real_next | (nxt == 0)
 
-    crystal_system = np.zeros(NUM_SPACE_GROUPS, dtype=np.int64)
-    lattice_mask = np.zeros((NUM_SPACE_GROUPS, LATTICE_DIM), dtype=bool)
-    for index, (_, first, last, free) in enumerate(CRYSTAL_SYSTEMS):
-        crystal_system[first - 1 : last] = index
-        lattice_mask[first - 1 : last] = np.array(free, dtype=bool)
-
     return {
         "mult": tables.mult.astype(np.int64),
         "wmax": wmax,
         "dof0": tables.dof0.astype(bool),
         "fc_mask": tables.fc_mask.astype(bool),
         # Exact rationals with denominator 24, stored as integers so that `model.to(dtype)` leaves them alone.
-        "op0_x24": np.rint(tables.op0 * 24).astype(np.int16),
+        "op0_x24": np.rint(tables.op0 * TRANSLATION_DENOMINATOR).astype(np.int16),
         "first_w_allowed": first_allowed,
         "next_w_allowed": next_allowed,
-        "crystal_system": crystal_system,
-        "lattice_mask": lattice_mask,
+        # Crystal system of each group (index into `crystallography.CRYSTAL_SYSTEMS`) and its free lattice parameters.
+        "crystal_system": CRYSTAL_SYSTEM_OF_GROUP.copy(),
+        "lattice_mask": LATTICE_FREE[CRYSTAL_SYSTEM_OF_GROUP],
     }
 
 
@@ -159,7 +146,7 @@ class CrystalFormerSymmetryTables(nn.Module):
 
     @property
     def op0(self) -> torch.Tensor:
-        return self.op0_x24.double() / 24
+        return self.op0_x24.double() / TRANSLATION_DENOMINATOR
 
     def reset_tables(self):
         for name, array in _symmetry_arrays().items():
@@ -508,7 +495,7 @@ class CrystalFormerForCrystalGeneration(CrystalFormerPreTrainedModel):
         if not 1 <= num_sites <= cfg.n_max:
             raise ValueError(f"the number of sites must be between 1 and n_max={cfg.n_max}, got {num_sites}")
         ranges = (
-            (G, 1, NUM_SPACE_GROUPS, "space groups must be in 1..230"),
+            (G, 1, NUM_SPACE_GROUPS, f"space groups must be in 1..{NUM_SPACE_GROUPS}"),
             (W, 0, cfg.wyck_types - 1, f"Wyckoff letters must be in 0..{cfg.wyck_types - 1}"),
             (A, 0, cfg.atom_types - 1, f"atom types must be in 0..{cfg.atom_types - 1}"),
         )

@@ -30,23 +30,17 @@ import numpy as np
 import torch
 from transformers.utils import ModelOutput
 
-from ..tokenization.wyckoff import LETTERS
-from .modeling_crystalformer import (
+from ..crystallography import (
     LATTICE_DIM,
+    LETTERS,
     NUM_SPACE_GROUPS,
-    CrystalFormerKVCache,
-    gaussian_mixture_log_prob,
-    von_mises_mixture_log_prob,
+    TRANSLATION_DENOMINATOR,
+    atomic_number,
+    letter_to_index,
+    model_to_physical_lattice,
+    symmetrize_lattice,
 )
-
-
-# Index = atomic number; 0 is the padding symbol.
-ELEMENT_SYMBOLS = (
-    "X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
-    "Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu "
-    "Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf Db Sg "
-    "Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og"
-).split()
+from .modeling_crystalformer import CrystalFormerKVCache, gaussian_mixture_log_prob, von_mises_mixture_log_prob
 
 
 @dataclass
@@ -117,8 +111,11 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def sample_categorical(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
     """Draw one index per row of `logits` (..., K) (-inf = impossible) by the Gumbel-max trick."""
-    if torch.isnan(logits).any():
-        raise FloatingPointError("NaN in the model's logits while sampling (check the weights and inputs)")
+    if logits.device.type == "cpu":
+        if torch.isnan(logits).any():
+            raise FloatingPointError("NaN in the model's logits while sampling (check the weights and inputs)")
+    else:  # the same check without a host sync per token (fails as a device-side assert)
+        torch._assert_async(~torch.isnan(logits).any(), "NaN in the model's logits while sampling")
     logits = top_p_filter(logits.double(), top_p) / temperature
     uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
     gumbel = -torch.log(-torch.log(uniform))
@@ -157,29 +154,6 @@ def sample_von_mises(loc, concentration, generator: torch.Generator, max_rounds:
     return torch.remainder(theta + loc + math.pi, 2 * math.pi) - math.pi
 
 
-def symmetrize_lattice(lattice: torch.Tensor, crystal_system: torch.Tensor, degrees: bool) -> torch.Tensor:
-    """Impose the crystal system's constraints on (B, 6) lattices: monoclinic alpha = gamma = 90; orthorhombic
-    all angles 90; tetragonal b = a; hexagonal/trigonal b = a, gamma = 120; cubic b = c = a.
-    `crystal_system` is 0..5 (triclinic .. cubic), see `CRYSTAL_SYSTEMS`."""
-    right, hexagonal = (90.0, 120.0) if degrees else (math.pi / 2, 2 * math.pi / 3)
-    a, b, c, alpha, beta, gamma = lattice.unbind(-1)
-    cs = crystal_system
-    b = torch.where(cs >= 3, a, b)
-    c = torch.where(cs == 5, a, c)
-    alpha = torch.where(cs >= 1, torch.full_like(alpha, right), alpha)
-    beta = torch.where(cs >= 2, torch.full_like(beta, right), beta)
-    gamma = torch.where(cs >= 1, torch.full_like(gamma, right), gamma)
-    gamma = torch.where(cs == 4, torch.full_like(gamma, hexagonal), gamma)
-    return torch.stack([a, b, c, alpha, beta, gamma], dim=-1)
-
-
-def model_to_physical_lattice(L: torch.Tensor, num_atoms: torch.Tensor, crystal_system: torch.Tensor):
-    """Model-space (lengths / N^(1/3), radians) -> Å and degrees, with exact 90 / 120 degree angles."""
-    scale = num_atoms.to(L.dtype).clamp_min(1) ** (1.0 / 3.0)
-    physical = torch.cat([L[:, :3] * scale[:, None], torch.rad2deg(L[:, 3:])], dim=-1)
-    return symmetrize_lattice(physical, crystal_system, degrees=True)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Input parsing
 # ---------------------------------------------------------------------------------------------------------
@@ -205,9 +179,7 @@ def _space_groups(space_group, num_samples, device) -> torch.Tensor:
 
 def _atomic_number(element, atom_types: int) -> int:
     if isinstance(element, str):
-        if element not in ELEMENT_SYMBOLS[1:]:
-            raise ValueError(f"unknown element symbol {element!r}")
-        z = ELEMENT_SYMBOLS.index(element)
+        z = atomic_number(element)
     else:
         z = int(element)
     if not 1 <= z < atom_types:
@@ -270,9 +242,7 @@ def _forced_wyckoff(wyckoff, G: torch.Tensor, model) -> torch.Tensor | None:
 
     def index(letter) -> int:
         if isinstance(letter, str):
-            if len(letter) != 1 or letter not in LETTERS[1:]:
-                raise ValueError(f"{letter!r} is not a Wyckoff letter (a..z, A)")
-            return LETTERS.index(letter)
+            return letter_to_index(letter)
         return int(letter)
 
     W = torch.zeros(G.shape[0], n_max, dtype=torch.long)
@@ -460,7 +430,9 @@ def _sample_chunk(model, G, element_mask, forced_w, temperature, first_temperatu
         if bool(reads_lattice.any()):
             log_weights, mean, std = model.lattice_params(raw[reads_lattice])
             rows = active[reads_lattice]
-            lattice_log_weights[rows], lattice_mean[rows], lattice_std[rows] = log_weights, mean, std
+            dtype = lattice_mean.dtype  # under bf16 autocast the head's outputs are bf16; the buffers stay float32
+            lattice_log_weights[rows] = log_weights.to(dtype)
+            lattice_mean[rows], lattice_std[rows] = mean.to(dtype), std.to(dtype)
         if bool(finished.any()):
             if bool(finished.all()):
                 break
@@ -479,7 +451,7 @@ def _sample_chunk(model, G, element_mask, forced_w, temperature, first_temperatu
         raw = decoder.feed(1, a)
 
         # -- coordinates, projected onto the Wyckoff position by its representative operation
-        op0 = tables.op0_x24[G_active - 1, w].double() / 24  # (b, 3, 4)
+        op0 = tables.op0_x24[G_active - 1, w].double() / TRANSLATION_DENOMINATOR  # (b, 3, 4)
         scored = tables.fc_mask[G_active - 1, w]  # (b, 3)
         xyz = torch.zeros(w.shape[0], 3, dtype=torch.float64, device=device)
         for axis in range(3):
@@ -521,7 +493,7 @@ def _sample_chunk(model, G, element_mask, forced_w, temperature, first_temperatu
         A=A,
         XYZ=XYZ,
         L=L,
-        lattice=model_to_physical_lattice(L, num_atoms, crystal_system),
+        lattice=symmetrize_lattice(model_to_physical_lattice(L, num_atoms), crystal_system, degrees=True),
         num_atoms=num_atoms,
         num_sites=(W > 0).sum(-1),
         logp_w=logp_w,

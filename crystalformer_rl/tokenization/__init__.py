@@ -1,5 +1,16 @@
-"""Crystal tokenization: Wyckoff tables, CrystalTokenizer, CrystalTokens and the batch collator."""
+"""Crystal tokenization: CrystalTokenizer, CrystalTokens and the batch collator.
 
+The Wyckoff tables (`crystalformer_rl.wyckoff`) and the crystallographic rules (`crystalformer_rl.crystallography`)
+are re-exported here for existing imports.
+"""
+
+from ..crystallography import (
+    ELEMENT_SYMBOLS,
+    crystal_system_lattice,
+    model_to_physical_lattice,
+    physical_to_model_lattice,
+)
+from ..wyckoff import WyckoffTables
 from .errors import (
     CrystalTokenizationError,
     DisorderedStructureError,
@@ -10,18 +21,12 @@ from .errors import (
     TooManySitesError,
 )
 from .tokenization_crystalformer import (
-    ELEMENT_SYMBOLS,
     CrystalCollator,
     CrystalTokenizer,
     CrystalTokens,
-    crystal_system_lattice,
     decode_tokens,
     expand_orbit,
-    lattice_mask,
-    model_to_physical_lattice,
-    physical_to_model_lattice,
 )
-from .wyckoff import WyckoffTables
 
 
 __all__ = [
@@ -40,7 +45,6 @@ __all__ = [
     "crystal_system_lattice",
     "decode_tokens",
     "expand_orbit",
-    "lattice_mask",
     "model_to_physical_lattice",
     "physical_to_model_lattice",
 ]

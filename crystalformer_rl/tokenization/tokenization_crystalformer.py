@@ -19,8 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymatgen.core.periodic_table import Element
 
+from ..crystallography import (
+    DEFAULT_N_MAX,
+    ELEMENT_SYMBOLS,
+    NUM_SPACE_GROUPS,
+    TRANSLATION_DENOMINATOR,
+    crystal_system_lattice,
+    index_to_letter,
+    lattice_length_scale,
+    letter_to_index,
+    model_to_physical_lattice,
+    physical_to_model_lattice,
+)
+from ..wyckoff import WyckoffTables, apply_op
 from .errors import (
     CrystalTokenizationError,
     DisorderedStructureError,
@@ -30,40 +42,9 @@ from .errors import (
     SymmetryAnalysisError,
     TooManySitesError,
 )
-from .wyckoff import NUM_SPACE_GROUPS, WyckoffTables, apply_op, index_to_letter, letter_to_index
 
 
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
-ELEMENT_SYMBOLS = ("X",) + tuple(Element.from_Z(z).symbol for z in range(1, 119))  # index = Z; "X" = padding
-
-
-def crystal_system_lattice(space_group: int, lattice: Sequence[float]) -> np.ndarray:
-    """Symmetrise (a, b, c, alpha, beta, gamma) in degrees for the crystal system of ``space_group``."""
-    a, b, c, alpha, beta, gamma = (float(v) for v in lattice)
-    if space_group <= 2:
-        return np.array([a, b, c, alpha, beta, gamma])
-    if space_group <= 15:
-        return np.array([a, b, c, 90.0, beta, 90.0])
-    if space_group <= 74:
-        return np.array([a, b, c, 90.0, 90.0, 90.0])
-    if space_group <= 142:
-        return np.array([a, a, c, 90.0, 90.0, 90.0])
-    if space_group <= 194:
-        return np.array([a, a, c, 90.0, 90.0, 120.0])
-    return np.array([a, a, a, 90.0, 90.0, 90.0])
-
-
-def lattice_mask(space_group: int) -> np.ndarray:
-    """Which of (a, b, c, alpha, beta, gamma) are free parameters for the crystal system."""
-    if space_group <= 2:
-        return np.array([1, 1, 1, 1, 1, 1], dtype=bool)
-    if space_group <= 15:
-        return np.array([1, 1, 1, 0, 1, 0], dtype=bool)
-    if space_group <= 74:
-        return np.array([1, 1, 1, 0, 0, 0], dtype=bool)
-    if space_group <= 194:
-        return np.array([1, 0, 1, 0, 0, 0], dtype=bool)
-    return np.array([1, 0, 0, 0, 0, 0], dtype=bool)
 
 
 def _format_number(value: float, decimals: int = 6) -> str:
@@ -131,12 +112,12 @@ class CrystalTokens:
                 if tables.fc_mask[self.G - 1, w, j]:
                     parts.append(_format_number(value, decimals))
                 else:
-                    parts.append(str(Fraction(value).limit_denominator(24)))
+                    parts.append(str(Fraction(value).limit_denominator(TRANSLATION_DENOMINATOR)))
         parts += [_format_number(v, decimals) for v in self.lattice]
         return "-".join(parts)
 
     @classmethod
-    def from_string(cls, text: str, n_max: int = 21) -> CrystalTokens:
+    def from_string(cls, text: str, n_max: int = DEFAULT_N_MAX) -> CrystalTokens:
         # "-" separates fields; a "-" right after a separator is a minus sign (sampled lattices can be negative).
         fields = re.split(r"(?<!-)-", text.strip())
         try:
@@ -159,11 +140,11 @@ class CrystalTokens:
         return tokens
 
     @classmethod
-    def from_sites(cls, G, W, A, XYZ, L, n_max: int = 21) -> CrystalTokens:
+    def from_sites(cls, G, W, A, XYZ, L, n_max: int = DEFAULT_N_MAX) -> CrystalTokens:
         """Build from unpadded per-site lists (as stored in a dataset row), padding to ``n_max``."""
         n = len(W)
         if not 1 <= int(G) <= NUM_SPACE_GROUPS:
-            raise InvalidTokensError(f"space group {G} is outside 1..230")
+            raise InvalidTokensError(f"space group {G} is outside 1..{NUM_SPACE_GROUPS}")
         if n > n_max:
             raise TooManySitesError(f"{n} sites do not fit n_max={n_max}")
         w = np.zeros(n_max, dtype=np.int64)
@@ -186,7 +167,7 @@ class CrystalTokens:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], n_max: int = 21) -> CrystalTokens:
+    def from_dict(cls, d: dict[str, Any], n_max: int = DEFAULT_N_MAX) -> CrystalTokens:
         return cls.from_sites(d["G"], d["W"], d["A"], d["XYZ"], d["L"], n_max)
 
     def __eq__(self, other: object) -> bool:
@@ -199,16 +180,6 @@ class CrystalTokens:
             and np.allclose(self.XYZ, other.XYZ)
             and np.allclose(self.L, other.L)
         )
-
-
-def physical_to_model_lattice(lattice: Sequence[float], num_atoms: int) -> np.ndarray:
-    lattice = np.asarray(lattice, dtype=np.float64)
-    return np.concatenate([lattice[:3] / num_atoms ** (1 / 3), np.radians(lattice[3:])])
-
-
-def model_to_physical_lattice(L: Sequence[float], num_atoms: int) -> np.ndarray:
-    L = np.asarray(L, dtype=np.float64)
-    return np.concatenate([L[:3] * num_atoms ** (1 / 3), np.degrees(L[3:])])
 
 
 def _wrap(xyz: np.ndarray) -> np.ndarray:
@@ -240,7 +211,7 @@ def decode_tokens(G, W, A, XYZ, L):
     W, A = np.asarray(W).astype(np.int64), np.asarray(A).astype(np.int64)
     XYZ, L = np.asarray(XYZ, dtype=np.float64), np.asarray(L, dtype=np.float64)
     if not 1 <= G <= NUM_SPACE_GROUPS:
-        raise InvalidTokensError(f"space group {G} is outside 1..230")
+        raise InvalidTokensError(f"space group {G} is outside 1..{NUM_SPACE_GROUPS}")
     sites = np.flatnonzero(W)
     if len(sites) == 0:
         raise InvalidTokensError("no atoms: every Wyckoff letter is padding")
@@ -275,7 +246,7 @@ class CrystalTokenizer:
     fails, ``retry_tol`` — the reference's 0.01 / 1e-4.
     """
 
-    def __init__(self, n_max: int = 21, symprec: float = 0.01, tol: float = 0.01, retry_tol: float = 1e-4):
+    def __init__(self, n_max: int = DEFAULT_N_MAX, symprec: float = 0.01, tol: float = 0.01, retry_tol: float = 1e-4):
         self.n_max = n_max
         self.symprec = symprec
         self.tol = tol
@@ -304,7 +275,7 @@ class CrystalTokenizer:
         XYZ = np.stack([self._representative(G, w, site.position) for w, site in zip(W, sites)])
         num_atoms = int(tables.mult[G - 1, W].sum())
         L = np.array(xtal.lattice.get_para(), dtype=np.float64)  # lengths in Å, angles in radians
-        L[:3] /= num_atoms ** (1 / 3)
+        L[:3] /= lattice_length_scale(num_atoms)
         XYZ = XYZ - np.floor(XYZ)
         order = np.lexsort((XYZ[:, 2], XYZ[:, 1], XYZ[:, 0], W))
         return CrystalTokens.from_sites(G, W[order], A[order], XYZ[order], L, self.n_max)
@@ -517,7 +488,7 @@ class CrystalCollator:
     ``n_max``: short crystals cost short sequences.
     """
 
-    def __init__(self, n_max: int = 21, return_tensors: str | None = "pt"):
+    def __init__(self, n_max: int = DEFAULT_N_MAX, return_tensors: str | None = "pt"):
         self.n_max = n_max
         self.return_tensors = return_tensors
 
@@ -544,8 +515,6 @@ __all__ = [
     "CrystalCollator",
     "CrystalTokenizer",
     "CrystalTokens",
-    "crystal_system_lattice",
     "decode_tokens",
     "expand_orbit",
-    "lattice_mask",
 ]
