@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
-    """Write through a temporary file and a rename, so a reader never sees half a file."""
+def atomic_write_with(write: Callable[[Path], object], path: str | os.PathLike) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``, so a reader never sees half
+    a file. For writers that only take a file name (pandas, pymatgen CIF, ASE extxyz, safetensors); the temporary
+    name ends in ``.tmp``, so such a writer must not infer the format (or compression) from the name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
+    write(tmp)
     os.replace(tmp, path)
     return path
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write through a temporary file and a rename, so a reader never sees half a file."""
+    return atomic_write_with(lambda tmp: tmp.write_bytes(data), path)
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
@@ -25,15 +33,9 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
 
 def atomic_write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """CSV or parquet by suffix, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".parquet":
-        frame.to_parquet(tmp, index=False)
-    else:
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    if Path(path).suffix == ".parquet":
+        return atomic_write_with(lambda tmp: frame.to_parquet(tmp, index=False), path)
+    return atomic_write_with(lambda tmp: frame.to_csv(tmp, index=False), path)
 
 
 #: a Hub repository id as the Hub validates it: owner/name, letters, digits, "-", "_", "." (no leading "-" or ".")

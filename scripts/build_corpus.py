@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from crystalformer_rl.data import load_prepared, prepare_data
+from crystalformer_rl.data import DEFAULT_CORPUS_DIR, load_prepared, prepare_data
 from crystalformer_rl.tokenization import CrystalTokenizer
+from crystalformer_rl.utils import atomic_write_with
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -45,7 +46,7 @@ def in_validation(material_id: str, fraction: float) -> bool:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", default=str(SHARED))
-    parser.add_argument("--output", default="data/corpus")
+    parser.add_argument("--output", default=DEFAULT_CORPUS_DIR)
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--valid-fraction", type=float, default=0.1)
     args = parser.parse_args()
@@ -62,8 +63,7 @@ def main():
     unique = raw.drop_duplicates("material_id", keep="first").reset_index(drop=True)
     merged = out / "merged.csv.gz"
     if not merged.exists():
-        unique.to_csv(merged.with_suffix(".tmp"), index=False, compression="gzip")
-        merged.with_suffix(".tmp").rename(merged)
+        atomic_write_with(lambda tmp: unique.to_csv(tmp, index=False, compression="gzip"), merged)
 
     summary = prepare_data(merged, out / "tokens", tokenizer=CrystalTokenizer(), num_proc=args.num_proc)
     tokens = load_prepared(out / "tokens").to_pandas()

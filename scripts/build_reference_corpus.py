@@ -23,6 +23,7 @@ import pandas as pd
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
+from crystalformer_rl.data import DEFAULT_TRAIN_DATA
 from crystalformer_rl.evaluation.matching import reference_table, write_reference_table
 from crystalformer_rl.pretrained import SHIPPED_REFERENCE
 from crystalformer_rl.tokenization import CrystalTokens
@@ -48,7 +49,7 @@ def check_roundtrip(corpus: pd.DataFrame, table: pd.DataFrame, n: int, seed: int
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default="data/corpus/train.parquet", help="the training split of the corpus")
+    parser.add_argument("--corpus", default=DEFAULT_TRAIN_DATA, help="the training split of the corpus")
     parser.add_argument("--output", default=str(SHIPPED_REFERENCE))
     parser.add_argument("--check", type=int, default=200, help="rows to re-decode against their CIFs (0: none)")
     args = parser.parse_args()

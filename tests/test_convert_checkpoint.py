@@ -215,8 +215,11 @@ def test_loads_from_a_prefilled_hub_cache_offline(tmp_path, monkeypatch):
     config = json.loads((PARITY / "config.json").read_text())
 
     local = CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint(PARITY / "checkpoint.pkl", config=config)
+    from crystalformer_rl.pretrained import OFFICIAL_ALEX20
+
     for reference in (
         "alex20",
+        OFFICIAL_ALEX20,  # the exported constant is a name the loader takes (it once was not)
         "zdcao/CrystalFormer/alex20/PBE/epoch_005500.pkl",
         "hf://zdcao/CrystalFormer/alex20/PBE/epoch_005500.pkl",
     ):

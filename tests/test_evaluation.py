@@ -297,7 +297,6 @@ def test_cli_writes_table_summary_and_plots(val, tmp_path, monkeypatch):
     samples.to_csv(path, index=False)
     rng = np.random.default_rng(0)
     monkeypatch.setattr(ev, "default_ehull_fn", lambda **kw: lambda ss: rng.uniform(-0.05, 0.4, len(ss)).tolist())
-    monkeypatch.setattr(ev, "_ehull_reward_class", lambda: object)
     previous = tmp_path / "base.csv"
     pd.DataFrame({"e_hull": rng.uniform(0, 1, 50)}).to_csv(previous, index=False)
 
@@ -364,6 +363,7 @@ def test_plots(tmp_path):
         ylabel="ε",
         groups=["base"] * 15 + ["RL"] * 15,
         product_isolines=[20, 40],
+        inset=([0, 3, 6], [1.0, 2.0, 4.0], "mean FoM"),
     )
     assert (tmp_path / "sg.png").stat().st_size > 0 and (tmp_path / "scatter.pdf").read_bytes()[:4] == b"%PDF"
 
@@ -380,11 +380,8 @@ def one_thread():
 
 def test_real_chgnet_stability(val, one_thread):
     pytest.importorskip("chgnet")
-    try:
-        from crystalformer_rl.reward_models.ehull import EhullReward
-        from crystalformer_rl.reward_models.hull import ReferenceHull
-    except ImportError as exc:
-        pytest.skip(f"reward models not available: {exc}")
+    from crystalformer_rl.reward_models.ehull import EhullReward
+    from crystalformer_rl.reward_models.hull import ReferenceHull
 
     rows = val[val.material_id.isin(["mp-865981", "mp-754553"])]  # TmMgHg2 (4 atoms), Zn3N2
     structures = [Structure.from_str(c, fmt="cif") for c in rows.cif]

@@ -219,6 +219,9 @@ def test_ase_calculator_toy_hull_and_relaxation():
     assert res.converged and res.energy < ASEEnergyModel(EMT(), "toy").predict_energies([strained])[0]
     relaxed = EhullReward(EMT(), hull=hull, energy_scale="toy", relax=True, fmax=0.02)
     assert relaxed.compute([strained])[0] == pytest.approx(0.0, abs=2e-3)
+    assert len(relaxed.relaxed) == 1
+    relaxed.compute([fcc("Cu", 3.70)])  # `relaxed` holds the last call's relaxations only, not every one so far
+    assert len(relaxed.relaxed) == 1
 
 
 def _emt_structures():
@@ -463,6 +466,48 @@ def test_dielectric_and_figure_of_merit(dielectric, band_gap):
     assert value == pytest.approx(eps[0] * band_gap.compute([rocksalt()])[0], rel=1e-6)
     assert fom(completions=[rocksalt(), overlapping()]) == [pytest.approx(value), None]
     assert fom.__name__ == "dielectric_fom"
+
+
+def test_uncertainty_aware_figure_of_merit(dielectric, band_gap):
+    """FoM on mean − k·std of the dielectric ensemble (log space): by hand from the members; k = 0 is the old FoM."""
+    import torch
+
+    structures = [rocksalt(), rocksalt("K", "Cl", 6.29), rocksalt("Mg", "O", 4.21), rocksalt("Li", "F", 4.03)]
+    k = 1.5
+    gaps = band_gap.compute(structures)
+    assert all(g is not None and g > 0 for g in gaps)
+    x = torch.as_tensor(dielectric.featurizer(structures, gaps=gaps), device=dielectric.device)
+    with torch.no_grad():
+        members = np.stack(
+            [dielectric.model(x, member=m).double().cpu().numpy() for m in range(dielectric.model.n_members)]
+        )
+        old_eps = torch.exp(dielectric.model(x)).cpu().numpy()  # the reward's formula before the option existed
+    mu, sigma = members.mean(0), members.std(0)  # population std (ddof 0)
+    assert np.all(sigma > 0)  # the members disagree, so the penalty changes something
+    gap = np.asarray(gaps, dtype=float)
+
+    aware = FigureOfMeritReward(dielectric=DielectricReward(band_gap=band_gap, uncertainty_penalty=k))
+    assert aware.dielectric.uncertainty_penalty == k and aware.__name__ == "dielectric_fom"
+    assert aware.compute(structures) == pytest.approx((gap * np.exp(mu - k * sigma)).tolist(), rel=1e-5)
+    assert aware.dielectric.compute(structures) == pytest.approx(np.exp(mu - k * sigma).tolist(), rel=1e-5)
+
+    plain = FigureOfMeritReward(dielectric=DielectricReward(band_gap=band_gap))  # default k = 0
+    zero = FigureOfMeritReward(dielectric=DielectricReward(band_gap=band_gap, uncertainty_penalty=0.0))
+    assert plain.dielectric.uncertainty_penalty == 0.0
+    assert zero.compute(structures) == plain.compute(structures)  # the same code path, exactly
+    assert plain.compute(structures) == pytest.approx((old_eps * gap).tolist(), rel=1e-6)
+    assert plain.compute(structures) == pytest.approx((np.exp(mu) * gap).tolist(), rel=1e-5)
+    assert all(a < p for a, p in zip(aware.compute(structures), plain.compute(structures)))
+
+    rows = dielectric.member_log_predictions(structures + [overlapping()])
+    assert rows[-1] is None
+    assert np.allclose(np.stack(rows[:-1], axis=1), members, rtol=1e-5, atol=1e-6)
+
+    assert FigureOfMeritReward(band_gap=band_gap, uncertainty_penalty=k).dielectric.uncertainty_penalty == k
+    with pytest.raises(ValueError):
+        FigureOfMeritReward(dielectric=aware.dielectric, uncertainty_penalty=0.0)  # contradicts the given model
+    with pytest.raises(ValueError):
+        DielectricReward(band_gap=band_gap, uncertainty_penalty=-1.0)
 
 
 def test_combinations():

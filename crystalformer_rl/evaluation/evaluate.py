@@ -59,7 +59,6 @@ from .matching import ReferenceIndex, deduplicate, novelty_checks, reduced_formu
 from .stability import (
     EhullFn,
     RelaxFn,
-    _ehull_reward_class,
     compute_ehull,
     default_ehull_fn,
     default_relax_fn,
@@ -380,9 +379,51 @@ def evaluate_structures(
     if relax and relax_fn is None:
         relax_fn = default_relax_fn(fmax=fmax, steps=steps, ehull_fn=ehull_fn)
 
+    table = _validity_table(names, structures, errors, symprec, progress)
+    relaxed, stable, stable_unrelaxed, relaxation_seconds = _stability_columns(
+        table, structures, stability, relax, ehull_fn, relax_fn, fmax, steps, ehull_threshold, batch_size, progress
+    )
+    _sun_columns(
+        table, structures, relaxed if relax else None, index, stable, stable_unrelaxed, same_space_group, progress
+    )
+
+    if extra is not None and len(extra) == n:
+        extra = extra.reset_index(drop=True)
+        for column in extra.columns:
+            target = column if column not in table.columns else f"input_{column}"
+            table[target] = extra[column].values
+
+    settings = {
+        "ehull_threshold": ehull_threshold,
+        "stable_rule": "e_hull <= ehull_threshold (eV/atom)",
+        "space_group_table_by": None,
+        "stability": bool(stability),
+        "relaxed": bool(relax),
+        "fmax": fmax if relax else None,
+        "steps": steps if relax else None,
+        "reference": getattr(index, "name", None),
+        "reference_size": len(index) if index is not None else None,
+        "same_space_group": same_space_group,
+        "space_group_symprec": symprec,
+        "matcher": "pymatgen StructureMatcher() defaults (ltol 0.2, stol 0.3, angle_tol 5)",
+    }
+    by_space_group = space_group_table(table, by=space_group_column)
+    settings["space_group_table_by"] = by_space_group.attrs["by"]
+    summary = summarize(table, settings, sampling_seconds)
+    summary["space_group_column"] = by_space_group.attrs["by"]
+    summary["n_space_groups"] = int(by_space_group["space_group"].notna().sum())
+    summary["evaluation_seconds"] = time.perf_counter() - t0
+    summary["relaxation_seconds"] = relaxation_seconds
+    if index is None:
+        summary["note"] = "no reference set: novelty and S.U.N. not computed"
+    return EvaluationResult(table=table, summary=summary, relaxed=relaxed, by_space_group=by_space_group)
+
+
+def _validity_table(names, structures, errors, symprec: float, progress: bool) -> pd.DataFrame:
+    """One row per crystal: formula, detected space group, size, and the structure / composition validity."""
     rows: list[dict[str, Any]] = []
     for name, s, err in tqdm(
-        zip(names, structures, errors), total=n, desc="validity", unit="crystal", disable=not progress
+        zip(names, structures, errors), total=len(structures), desc="validity", unit="crystal", disable=not progress
     ):
         row: dict[str, Any] = {"name": name, "error": err}
         if s is None:
@@ -422,39 +463,54 @@ def evaluate_structures(
     )
     table["space_group"] = table["space_group"].astype("Int64")
     table["num_atoms"] = table["num_atoms"].astype("Int64")
+    return table
 
-    # ------------------------------------------------------------------ stability
-    relaxed: list[Structure | None] = [None] * n
+
+def _stability_columns(
+    table, structures, stability, relax, ehull_fn, relax_fn, fmax, steps, ehull_threshold, batch_size, progress
+):
+    """Add E_hull (as sampled and, with ``relax``, relaxed) and the stable flags to ``table``.
+
+    Returns ``(relaxed structures, stable, stable_unrelaxed, relaxation seconds)``; ``stable`` is the relaxed
+    rule's flag with relaxation, the unrelaxed one's without, ``None`` without stability."""
+    relaxed: list[Structure | None] = [None] * len(structures)
+    relaxation_seconds: float | None = None
     stable: list[bool] | None = None
     stable_unrelaxed: list[bool] | None = None
-    if stability or relax:
+    if stability:
+        values, reasons = compute_ehull(structures, ehull_fn, batch_size=batch_size, progress=progress)
+        table["e_hull"] = pd.array(values, dtype="Float64")
+        table["e_hull_reason"] = reasons
+        stable = stable_unrelaxed = _is_stable(table["e_hull"], ehull_threshold)
+        table["stable_unrelaxed"] = pd.array(stable_unrelaxed, dtype="boolean")
+    if relax:
+        start = time.perf_counter()
+        relaxed, energies, relax_reasons = relax_structures(
+            structures, relax_fn, fmax=fmax, steps=steps, progress=progress
+        )
+        relaxation_seconds = time.perf_counter() - start
+        table["energy_relaxed"] = pd.array(energies, dtype="Float64")
+        table["relax_reason"] = relax_reasons
+        table["relaxed_cif"] = [None if r is None else r.to(fmt="cif") for r in relaxed]
         if stability:
-            values, reasons = compute_ehull(structures, ehull_fn, batch_size=batch_size, progress=progress)
-            table["e_hull"] = pd.array(values, dtype="Float64")
-            table["e_hull_reason"] = reasons
-            stable = stable_unrelaxed = _is_stable(table["e_hull"], ehull_threshold)
-            table["stable_unrelaxed"] = pd.array(stable_unrelaxed, dtype="boolean")
-        if relax:
-            relaxed, energies, relax_reasons = relax_structures(
-                structures, relax_fn, fmax=fmax, steps=steps, progress=progress
+            values_r, reasons_r = compute_ehull(
+                relaxed, ehull_fn, batch_size=batch_size, progress=progress, desc="E_hull (relaxed)"
             )
-            table["energy_relaxed"] = pd.array(energies, dtype="Float64")
-            table["relax_reason"] = relax_reasons
-            table["relaxed_cif"] = [None if r is None else r.to(fmt="cif") for r in relaxed]
-            if stability:
-                values_r, reasons_r = compute_ehull(
-                    relaxed, ehull_fn, batch_size=batch_size, progress=progress, desc="E_hull (relaxed)"
-                )
-                table["e_hull_relaxed"] = pd.array(values_r, dtype="Float64")
-                table["e_hull_relaxed_reason"] = reasons_r
-                stable = _is_stable(table["e_hull_relaxed"], ehull_threshold)
-                table["stable_relaxed"] = pd.array(stable, dtype="boolean")
-        if stability:
-            table["stable"] = pd.array(stable, dtype="boolean")
+            table["e_hull_relaxed"] = pd.array(values_r, dtype="Float64")
+            table["e_hull_relaxed_reason"] = reasons_r
+            stable = _is_stable(table["e_hull_relaxed"], ehull_threshold)
+            table["stable_relaxed"] = pd.array(stable, dtype="boolean")
+    if stability:
+        table["stable"] = pd.array(stable, dtype="boolean")
+    return relaxed, stable, stable_unrelaxed, relaxation_seconds
 
-    # ------------------------------------------------------------------ uniqueness, novelty, S.U.N.
-    # With relaxation the headline (relaxed) rule judges the relaxed structures, where relaxation succeeded; the
-    # unrelaxed rule judges the structures as sampled, so its numbers do not depend on whether one relaxes.
+
+def _sun_columns(table, structures, relaxed, index, stable, stable_unrelaxed, same_space_group, progress) -> None:
+    """Add uniqueness, novelty and both S.U.N. rules to ``table`` (``relaxed`` is ``None`` without relaxation).
+
+    With relaxation the headline (relaxed) rule judges the relaxed structures, where relaxation succeeded; the
+    unrelaxed rule judges the structures as sampled, so its numbers do not depend on whether one relaxes."""
+    relax = relaxed is not None
     matched = [r if r is not None else s for r, s in zip(relaxed, structures)] if relax else structures
     duplicate_of = deduplicate(matched, progress=progress)
     table["duplicate_of"] = pd.array(duplicate_of, dtype="Int64")
@@ -477,43 +533,13 @@ def evaluate_structures(
             for i, check in zip(moved, again):
                 checks_unrelaxed[i] = check
             _novelty_columns(table, checks_unrelaxed, suffix="_unrelaxed")
-    if checks is not None and stability:
+    if checks is not None and stable is not None:
         table["sun"] = pd.array(_sun(stable, _is_novel(checks), duplicate_of), dtype="boolean")
         table["sun_unrelaxed"] = pd.array(
             _sun(stable_unrelaxed, _is_novel(checks_unrelaxed), duplicate_of_unrelaxed), dtype="boolean"
         )
         if relax:
             table["sun_relaxed"] = table["sun"]
-
-    if extra is not None and len(extra) == n:
-        extra = extra.reset_index(drop=True)
-        for column in extra.columns:
-            target = column if column not in table.columns else f"input_{column}"
-            table[target] = extra[column].values
-
-    settings = {
-        "ehull_threshold": ehull_threshold,
-        "stable_rule": "e_hull <= ehull_threshold (eV/atom)",
-        "space_group_table_by": None,
-        "stability": bool(stability),
-        "relaxed": bool(relax),
-        "fmax": fmax if relax else None,
-        "steps": steps if relax else None,
-        "reference": getattr(index, "name", None),
-        "reference_size": len(index) if index is not None else None,
-        "same_space_group": same_space_group,
-        "space_group_symprec": symprec,
-        "matcher": "pymatgen StructureMatcher() defaults (ltol 0.2, stol 0.3, angle_tol 5)",
-    }
-    by_space_group = space_group_table(table, by=space_group_column)
-    settings["space_group_table_by"] = by_space_group.attrs["by"]
-    summary = summarize(table, settings, sampling_seconds)
-    summary["space_group_column"] = by_space_group.attrs["by"]
-    summary["n_space_groups"] = int(by_space_group["space_group"].notna().sum())
-    summary["evaluation_seconds"] = time.perf_counter() - t0
-    if index is None:
-        summary["note"] = "no reference set: novelty and S.U.N. not computed"
-    return EvaluationResult(table=table, summary=summary, relaxed=relaxed, by_space_group=by_space_group)
 
 
 def _is_stable(ehull: pd.Series, threshold: float) -> list[bool]:
@@ -739,13 +765,6 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     progress = not args.no_progress
     stability = not args.no_stability
-    if stability:
-        try:
-            _ehull_reward_class()
-        except ImportError as exc:
-            raise UsageError(
-                f"E_hull needs crystalformer_rl.reward_models.EhullReward ({exc}); or pass --no-stability"
-            )
     reference = None
     if not args.no_novelty and args.reference is not None:  # a wrong reference fails before the crystals are read
         reference = ReferenceIndex.from_file(args.reference, column=args.reference_column, progress=progress)

@@ -31,10 +31,8 @@ RelaxFn = Callable[[list[Structure]], Sequence[Any]]
 
 
 def _ehull_reward_class() -> type:
-    try:
-        from ..reward_models import EhullReward
-    except ImportError:  # the package may not re-export it
-        from ..reward_models.ehull import EhullReward
+    from ..reward_models import EhullReward
+
     return EhullReward
 
 

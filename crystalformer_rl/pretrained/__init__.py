@@ -3,7 +3,8 @@
 ``load_model(None)`` gives the default model shipped inside the package; ``load_model(x)`` takes a local
 folder saved with ``save_pretrained``, a Hub id (``user/model``), an official CrystalFormer pickle checkpoint
 (``epoch_005500.pkl``), an alias of the official checkpoints (``alex20``), or the Hub form of an official
-checkpoint (``zdcao/CrystalFormer:alex20/PBE/epoch_005500.pkl``).
+checkpoint (``zdcao/CrystalFormer/alex20/PBE/epoch_005500.pkl``, :data:`OFFICIAL_ALEX20`; ``owner/repo:path.pkl`` also
+works).
 
 A model folder may carry the crystals it was trained on (:data:`REFERENCE_FILES`) so that novelty is judged
 against its own training set; the embedded model uses the training corpus shipped with the package
@@ -21,7 +22,9 @@ from ..utils import is_hub_repo_id
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("default")
 SPACE_GROUP_FILE = "space_group_distribution.json"
-OFFICIAL_ALEX20 = "zdcao/CrystalFormer:alex20/PBE/epoch_005500.pkl"
+#: the official Alex-20 checkpoint in the form every loader takes (``load_model``, ``from_crystalformer_checkpoint``,
+#: ``convert``); ``load_model`` also accepts ``owner/repo:path.pkl``
+OFFICIAL_ALEX20 = "zdcao/CrystalFormer/alex20/PBE/epoch_005500.pkl"
 #: the training corpus of the embedded model: 23,986 Materials Project crystals as token strings
 SHIPPED_REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference" / "mp_corpus_train.csv.gz"
 #: file names a model folder may carry its novelty reference (training crystals) under, in order of preference
@@ -37,12 +40,9 @@ def _is_default(name_or_path) -> bool:
 
 
 def _hub_offline() -> bool:
-    try:
-        from huggingface_hub import constants
+    from huggingface_hub import constants
 
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:
-        return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pymatgen.core import Structure
@@ -93,7 +93,8 @@ class EhullReward(CrystalReward):
         self.max_steps = int(max_steps)
         self.ehull_range = (float(ehull_range[0]), float(ehull_range[1]))
         self.max_abs_energy_per_atom = float(max_abs_energy_per_atom)
-        #: relaxed structures of the last call (``relax=True`` only), keyed by structure fingerprint
+        #: relaxed structures of the last call (``relax=True`` only), keyed by the fingerprint of the unrelaxed
+        #: structure; crystals that call served from the cache were not relaxed again and are not in it
         self.relaxed: dict[str, Structure] = {}
 
     def supported_elements(self) -> Iterable[str]:
@@ -112,6 +113,10 @@ class EhullReward(CrystalReward):
 
     def to_reward(self, value: float) -> float:
         return -float(value)
+
+    def compute_with_reasons(self, structures: Sequence[Any]) -> list[float | Failure]:
+        self.relaxed = {}  # only this call's relaxations (a long relaxation run would otherwise keep them all)
+        return super().compute_with_reasons(structures)
 
     def scale_for(self, structure: Structure) -> str | None:
         """The energy scale this structure is scored on (``None`` if it cannot be placed)."""

@@ -363,39 +363,52 @@ class CHGNetEnergyModel(EnergyModel):
         return CHGNetCalculator(model=self.model, use_device=str(self.device))
 
     def predict_efs(self, structures: Sequence[Structure]) -> list[tuple[float, np.ndarray, np.ndarray]]:
-        """Batched energies, forces and stresses, converted as `CHGNetCalculator` does (eV, eV/Å, eV/Å^3).
-        Runs on the model's device (`predict_structure` moves each graph there); results come back as numpy."""
-        from ase import units
+        """Batched energies (eV), forces (eV/Å) and stresses (eV/Å^3), as `CHGNetCalculator` reports them.
 
-        with warnings.catch_warnings():  # forces and stress come from autograd: no torch.no_grad here
+        The same quantities as ``CHGNet.predict_structure(task="efs")``, computed for inference: CHGNet's own
+        forward takes two backward passes that build second-order graphs (``create_graph=True``, for training on
+        forces); here one first-order pass gives forces and stresses together, several times faster on CPU and
+        with far less memory. ``tests/test_reward_models.py`` checks the two agree.
+        """
+        import torch
+        from ase import units
+        from chgnet.model.model import BatchedGraph
+
+        model, out = self.model, []
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            preds = self.model.predict_structure(list(structures), task="efs", batch_size=self._batch_size)
-        if isinstance(preds, dict):
-            preds = [preds]
-        factor = (lambda s: len(s)) if self.model.is_intensive else (lambda s: 1)
-        return [
-            (float(np.asarray(p["e"]).reshape(-1)[0]) * factor(s), np.asarray(p["f"]), np.asarray(p["s"]) * units.GPa)
-            for p, s in zip(preds, structures)
-        ]
+            for start in range(0, len(structures), self._batch_size):
+                chunk = list(structures[start : start + self._batch_size])
+                graphs = [model.graph_converter(s).to(self.device) for s in chunk]
+                composition = 0 if model.composition_model is None else model.composition_model(graphs)
+                batch = BatchedGraph.from_graphs(
+                    graphs,
+                    bond_basis_expansion=model.bond_basis_expansion,
+                    angle_basis_expansion=model.angle_basis_expansion,
+                    compute_stress=True,
+                )
+                energy = model._compute(batch, compute_force=False, compute_stress=False)["e"]
+                atoms = torch.tensor([len(s) for s in chunk], dtype=energy.dtype, device=energy.device)
+                extensive = energy * atoms if model.is_intensive else energy  # what forces are the gradient of
+                grads = torch.autograd.grad(extensive.sum(), [*batch.atom_positions, *batch.strains])
+                forces, strains = grads[: len(chunk)], grads[len(chunk) :]
+                total = (energy + composition) * (atoms if model.is_intensive else 1)
+                for e, f, dstrain, volume in zip(total, forces, strains, batch.volumes):
+                    stress_gpa = dstrain * (160.21766208 / volume)  # CHGNet's eV/Å^3 -> GPa, as in its forward
+                    out.append(
+                        (
+                            float(e),
+                            -f.detach().cpu().numpy(),
+                            stress_gpa.detach().cpu().numpy() * units.GPa,
+                        )
+                    )
+        return out
 
     def supported_elements(self) -> Iterable[str]:
         return self._elements
 
     def batch_size(self) -> int:
         return self._batch_size
-
-    def crystal_features(self, structures: Sequence[Structure]) -> np.ndarray:
-        """CHGNet's pooled crystal feature vector per structure (a cheap learned descriptor)."""
-        import torch
-
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            preds = self.model.predict_structure(
-                list(structures), task="e", return_crystal_feas=True, batch_size=self._batch_size
-            )
-        if isinstance(preds, dict):
-            preds = [preds]
-        return np.stack([np.asarray(p["crystal_fea"], dtype=np.float32) for p in preds])
 
 
 # --------------------------------------------------------------------------------------------------- matgl
