@@ -55,7 +55,7 @@ def plot_ehull_histogram(
     ehulls: Mapping[str, Sequence[float | None]] | Sequence[float | None],
     path: str | os.PathLike,
     bins: int = 60,
-    value_range: tuple[float, float] = (-0.2, 1.0),
+    value_range: tuple[float, float] | None = None,
     threshold: float | None = 0.1,
     density: bool = True,
     title: str | None = None,
@@ -64,9 +64,14 @@ def plot_ehull_histogram(
 
     Values outside ``value_range`` are clipped into the edge bins (so every sample is counted) and ``None``/NaN
     are dropped; ``density`` makes models with different sample counts comparable. ``threshold`` draws the
-    stability cut.
+    stability cut. The default range runs from -0.2 to the 90th percentile of all values (at least 1 eV/atom), so
+    that the bulk of a weak model's samples is not piled into the last bin.
     """
     series = ehulls if isinstance(ehulls, Mapping) else {"samples": ehulls}
+    if value_range is None:
+        pooled = np.concatenate([_finite(v) for v in series.values()] or [np.zeros(0)])
+        upper = float(np.quantile(pooled, 0.9)) if pooled.size else 1.0
+        value_range = (-0.2, max(1.0, float(np.ceil(upper * 2) / 2)))
     fig, ax = _figure((6, 4))
     edges = np.linspace(value_range[0], value_range[1], bins + 1)
     for k, (label, values) in enumerate(series.items()):
@@ -189,11 +194,13 @@ def plot_property_scatter(
     product_isolines: Sequence[float] = (),
     logy: bool = False,
     title: str | None = None,
+    inset: tuple[Sequence[float], Sequence[float], str] | None = None,
 ) -> Path:
     """Scatter of two properties, coloured by ``groups`` (e.g. model name), as the paper's Fig. 6a.
 
     ``product_isolines`` draws curves x·y = c (the figure of merit ε·E_g of the dielectric task). Points with a
-    missing coordinate are dropped.
+    missing coordinate are dropped. ``inset=(steps, values, label)`` adds a small curve in the upper right (Fig.
+    6a's figure of merit against the RL step).
     """
     xs = np.array([np.nan if v is None else float(v) for v in x], dtype=float)
     ys = np.array([np.nan if v is None else float(v) for v in y], dtype=float)
@@ -219,5 +226,11 @@ def plot_property_scatter(
     if title:
         ax.set_title(title)
     if groups is not None:
-        ax.legend(frameon=False)
+        ax.legend(frameon=False, loc="lower left")
+    if inset is not None and len(inset[0]):
+        box = ax.inset_axes([0.6, 0.62, 0.36, 0.32])
+        box.plot(inset[0], inset[1], color="C3", linewidth=1)
+        box.set_xlabel("RL step", fontsize=7)
+        box.set_ylabel(inset[2], fontsize=7)
+        box.tick_params(labelsize=6)
     return _save(fig, path)

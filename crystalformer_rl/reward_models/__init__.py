@@ -12,6 +12,7 @@ Example::
     ehull = EhullReward()                      # CHGNet r2SCAN vs the shipped MP hull, reward = -E_hull
     ehull.compute([structure])                 # [0.03]  (eV/atom)
     trainer = RLOOTrainer(..., reward_funcs=[ehull, FigureOfMeritReward()])
+    sun = SUNReward(penalty=1.0)               # -E_hull, minus 1 for a training-corpus crystal or a repeat
 """
 
 from ..devices import DeviceError, resolve_device
@@ -34,6 +35,7 @@ from .energy import (
     relax_structure,
 )
 from .hull import ReferenceHull
+from .novelty import NoveltyReward, NoveltyVerdict, StructureArchive, SUNReward
 from .properties import BandGapReward, DielectricReward, MatGLPropertyModel
 
 
@@ -55,12 +57,16 @@ __all__ = [
     "MatGLPropertyModel",
     "MatterSimEnergyModel",
     "ModelUnavailableError",
+    "NoveltyReward",
+    "NoveltyVerdict",
     "OrbEnergyModel",
     "ProductReward",
     "ReferenceHull",
     "RelaxResult",
+    "SUNReward",
     "SevenNetEnergyModel",
     "StabilityReward",
+    "StructureArchive",
     "ThresholdReward",
     "WeightedSumReward",
     "as_structure",

@@ -87,6 +87,11 @@ class FigureOfMeritReward(ProductReward):
     Args:
         dielectric: a :class:`DielectricReward` (default: shipped model, sharing ``band_gap``).
         band_gap: a :class:`BandGapReward` (default: shipped MEGNet, PBE fidelity).
+        uncertainty_penalty: ``k ≥ 0``: score ``E_g · exp(μ − k·σ)``, with ``μ``, ``σ`` the mean and population
+            standard deviation of the dielectric ensemble's members' log ε∞ (see :class:`DielectricReward`); in log
+            space that is ``mean − k·std`` of the members' log FoM, so the policy cannot climb where the ensemble is
+            unsure. ``None`` (default) takes the given ``dielectric``'s own setting, or ``0`` (today's reward,
+            exactly) for the default one; a value contradicting a given ``dielectric``'s raises ``ValueError``.
         device: where the default models run (``"auto"``: the rank's CUDA device, else CPU); given ones stay put.
     """
 
@@ -97,10 +102,18 @@ class FigureOfMeritReward(ProductReward):
         dielectric: DielectricReward | None = None,
         band_gap: BandGapReward | None = None,
         device: Any = "auto",
+        uncertainty_penalty: float | None = None,
         **kwargs: Any,
     ) -> None:
         band_gap = band_gap or (dielectric.band_gap if dielectric is not None else BandGapReward(device=device))
-        dielectric = dielectric or DielectricReward(band_gap=band_gap, device=device)
+        if dielectric is None:
+            k = 0.0 if uncertainty_penalty is None else uncertainty_penalty
+            dielectric = DielectricReward(band_gap=band_gap, device=device, uncertainty_penalty=k)
+        elif uncertainty_penalty is not None and float(uncertainty_penalty) != dielectric.uncertainty_penalty:
+            raise ValueError(
+                f"uncertainty_penalty={uncertainty_penalty} contradicts the given dielectric model's "
+                f"({dielectric.uncertainty_penalty}): set it on the DielectricReward, or pass only one"
+            )
         super().__init__([dielectric, band_gap], name="dielectric_fom", **kwargs)
         self.dielectric, self.band_gap = dielectric, band_gap
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import types
 import warnings
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ import torch
 from pymatgen.core import Composition, Element, Structure
 
 from ..devices import resolve_device
-from .base import CrystalReward, Failure
+from .base import CrystalReward, Failure, as_structure
 from .energy import ModelUnavailableError, load_chgnet
 
 
@@ -343,6 +344,11 @@ class DielectricEnsemble(torch.nn.Module):
             return self.members[member](z).squeeze(-1)
         return torch.stack([m(z).squeeze(-1) for m in self.members]).mean(0)
 
+    def member_predictions(self, x: torch.Tensor) -> torch.Tensor:
+        """log ε∞ of every member, shape ``(n_members, n)`` (:meth:`forward` is their mean over dim 0)."""
+        z = self.standardise(x)
+        return torch.stack([m(z).squeeze(-1) for m in self.members])
+
     def save(self, folder: str | Path, metadata: dict[str, Any]) -> None:
         from safetensors.torch import save_file
 
@@ -376,7 +382,13 @@ class DielectricReward(CrystalReward):
         model_dir: folder with ``model.safetensors`` + ``config.json`` written by ``scripts/train_dielectric.py``
             (default: the shipped model).
         band_gap: the band-gap reward used for the gap/Penn features (shared cache with a FoM reward).
-        max_value: predictions above this are reported as failures (out of the training domain).
+        max_value: predictions above this are reported as failures (out of the training domain); compared with the
+            ensemble's central prediction ``exp(μ)``, whatever ``uncertainty_penalty``.
+        uncertainty_penalty: ``k ≥ 0``. The ensemble's members predict ``y_m = log ε∞``; the value reported is
+            ``exp(μ − k·σ)`` with ``μ`` the members' mean and ``σ`` their population standard deviation (ddof 0),
+            i.e. a lower confidence bound on ε∞ in the space the ensemble averages in, so a policy cannot climb where
+            the members disagree. ``k = 0`` (default) is the plain ensemble prediction ``exp(μ)``, computed exactly
+            as before this option existed.
         device: where the ensemble, CHGNet features and (default) band gap run (``"auto"``: the rank's CUDA device,
             else CPU).
     """
@@ -390,9 +402,11 @@ class DielectricReward(CrystalReward):
         band_gap: BandGapReward | None = None,
         max_value: float = 300.0,
         device: Any = "auto",
+        uncertainty_penalty: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.uncertainty_penalty = _check_penalty(uncertainty_penalty)
         self.device = resolve_device(device)
         folder = Path(model_dir) if model_dir is not None else DIELECTRIC_MODEL_DIR
         if not (folder / "model.safetensors").exists():
@@ -417,7 +431,50 @@ class DielectricReward(CrystalReward):
         if ok:
             x = self.featurizer([structures[i] for i in ok], gaps=[gaps[i] for i in ok])
             with torch.no_grad():
-                eps = torch.exp(self.model(torch.as_tensor(x, device=self.device))).cpu().numpy()
-            for i, e in zip(ok, eps):
-                out[i] = float(e) if e <= self.max_value else Failure(f"ε∞ {e:.3g} outside the training domain")
+                xt = torch.as_tensor(x, device=self.device)
+                if self.uncertainty_penalty:
+                    members = self.model.member_predictions(xt).double()  # (n_members, n) log ε∞
+                    mu = members.mean(0)
+                    sigma = (members - mu).square().mean(0).sqrt()  # population std over the members
+                    central = torch.exp(mu).cpu().numpy()
+                    eps = torch.exp(mu - self.uncertainty_penalty * sigma).cpu().numpy()
+                else:  # exactly the plain ensemble prediction
+                    eps = torch.exp(self.model(xt)).cpu().numpy()
+                    central = eps
+            for i, e, c in zip(ok, eps, central):
+                out[i] = float(e) if c <= self.max_value else Failure(f"ε∞ {c:.3g} outside the training domain")
         return [o if o is not None else Failure("not scored") for o in out]
+
+    def member_log_predictions(self, structures: Sequence[Any]) -> list[np.ndarray | None]:
+        """Every ensemble member's log ε∞ per crystal (``None`` where the crystal or its band gap fails).
+
+        Not cached and not clipped by ``max_value``: for analyses (e.g. how an ``uncertainty_penalty`` re-ranks the
+        top candidates) and tests; ``compute`` gives ``exp(mean − k·std)`` of these rows.
+        """
+        gaps = self.band_gap.compute_with_reasons(list(structures))
+        ok = [i for i, g in enumerate(gaps) if not isinstance(g, Failure)]
+        out: list[np.ndarray | None] = [None] * len(gaps)
+        if not ok:
+            return out
+        built = [as_structure(structures[i]) for i in ok]  # the gap was computed, so each one builds
+        built = [_without_oxidation_states(s) for s in built]
+        x = self.featurizer(built, gaps=[gaps[i] for i in ok])
+        with torch.no_grad():
+            members = self.model.member_predictions(torch.as_tensor(x, device=self.device)).double().cpu().numpy()
+        for j, i in enumerate(ok):
+            out[i] = members[:, j]
+        return out
+
+
+def _check_penalty(k: Any) -> float:
+    k = float(k)
+    if not math.isfinite(k) or k < 0:
+        raise ValueError(f"uncertainty_penalty must be a finite number >= 0, not {k}")
+    return k
+
+
+def _without_oxidation_states(structure: Structure) -> Structure:
+    if any(not isinstance(sp, Element) for sp in structure.species):
+        structure = structure.copy()
+        structure.remove_oxidation_states()
+    return structure

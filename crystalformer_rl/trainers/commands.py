@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import DEFAULT_CORPUS_DIR, DEFAULT_TRAIN_DATA, DEFAULT_VALIDATION_DATA
 from ..errors import UsageError, one_line
 from ..utils import is_hub_repo_id
 
@@ -25,6 +26,7 @@ REWARDS = {
     "band_gap": "crystalformer_rl.reward_models:BandGapReward",
     "dielectric": "crystalformer_rl.reward_models:DielectricReward",
     "figure_of_merit": "crystalformer_rl.reward_models:FigureOfMeritReward",
+    "ehull_sun": "crystalformer_rl.reward_models:SUNReward",
 }
 MODEL_SIZES = {
     "paper": {},  # the Alex-20 configuration, 4,833,575 parameters
@@ -93,8 +95,6 @@ def parse_command_line(parser, argv: list[str] | None) -> tuple:
 
 
 # -------------------------------------------------------------------------------------------------- pretrain
-DEFAULT_TRAIN_DATA = "data/corpus/train.parquet"
-DEFAULT_VALIDATION_DATA = "data/corpus/validation.parquet"
 NO_DATA = ("", "none", "None", "null")
 
 
@@ -139,7 +139,7 @@ def _data_files(option: str, value: str, default: str) -> list[str]:
             )
         raise UsageError(
             f"{option} {value}: no such file (the default); build the corpus with "
-            f"`python scripts/build_corpus.py --output data/corpus`, or pass {option} PATH ({forms})"
+            f"`python scripts/build_corpus.py --output {DEFAULT_CORPUS_DIR}`, or pass {option} PATH ({forms})"
         )
     try:
         return _parquet_files(value)

@@ -29,6 +29,9 @@ def plot_rl_curves(log_history: list[dict], path: str | os.PathLike) -> None:
         "unique_fraction": "unique",
         "single_element_fraction": "single element",
         "rewards/ehull/stable_fraction": "stable",
+        "ehull_sun/stable_fraction": "stable",
+        "ehull_sun/sun_fraction": "S.U.N. (in-run)",
+        "novelty/duplicate_fraction": "duplicate of earlier",
     }
     for key, label in fractions.items():
         if any(key in h for h in rows):

@@ -1,0 +1,141 @@
+"""Before/after numbers and figures of an RL (or DPO) demo from `crystalformer-rl evaluate` outputs.
+
+    python scripts/rl_demo_report.py --eval base=runs/v3/base/eval rl=runs/v3/rl/eval:runs/rl-ehull-v3 \
+        --space-groups base=runs/v3/base_sg/eval rl=runs/v3/rl_sg/eval --output docs/figures/rl_ehull
+
+Each ``--eval LABEL=EVAL_DIR[:RUN_DIR]`` is an evaluation folder (``structures.csv``, ``summary.json``) and
+optionally the training run that made the model (its ``log_history.json`` gives the last logged KL to the base
+model and the compute). Writes ``<output>_summary.json`` / ``.md`` (stable, unique, novel, S.U.N., S.U.N. per
+second, single-element share, distinct stable chemical systems, median E_hull, KL) and ``<output>_ehull.png``
+(overlaid E_hull histograms); with ``--space-groups``, ``<output>_space_groups.png`` (stable and S.U.N. rates per
+space group, Fig. 4 of the paper).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+
+def elements(formula) -> tuple[str, ...]:
+    return tuple(sorted(set(re.findall(r"[A-Z][a-z]?", formula)))) if isinstance(formula, str) else ()
+
+
+def run_facts(run_dir: Path | None) -> dict:
+    if run_dir is None or not (run_dir / "log_history.json").exists():
+        return {}
+    history = json.loads((run_dir / "log_history.json").read_text())
+    logged = [h for h in history if "kl" in h]
+    last = logged[-1] if logged else {}
+    tail = logged[-5:]
+    end = next((h for h in reversed(history) if "train_runtime" in h), {})
+    return {
+        "steps": last.get("step"),
+        "kl_last": last.get("kl"),
+        "kl_last5_mean": sum(h["kl"] for h in tail) / len(tail) if tail else None,
+        "reward_last5_mean": sum(h.get("reward", float("nan")) for h in tail) / len(tail) if tail else None,
+        "train_minutes": round(end["train_runtime"] / 60, 1) if "train_runtime" in end else None,
+    }
+
+
+def facts(eval_dir: Path, run_dir: Path | None) -> dict:
+    table = pd.read_csv(eval_dir / "structures.csv")
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    n = len(table)
+    systems = table["formula"].map(elements)
+    stable = table["stable"].fillna(False).astype(bool) if "stable" in table else pd.Series(False, index=table.index)
+    out = {
+        "n": n,
+        "struct_valid": summary.get("frac_struct_valid"),
+        "comp_valid": summary.get("frac_comp_valid"),
+        "stable_unrelaxed": summary.get("frac_stable_unrelaxed"),
+        "stable_relaxed": summary.get("frac_stable_relaxed"),
+        "unique": summary.get("frac_unique"),
+        "novel": summary.get("frac_novel"),
+        "sun_unrelaxed": summary.get("frac_sun_unrelaxed"),
+        "sun_relaxed": summary.get("frac_sun_relaxed"),
+        "sun_per_second": summary.get("sun_per_second"),
+        "single_element": float((systems.map(len) == 1).sum() / n) if n else None,
+        "distinct_stable_chemical_systems": int(systems[stable & (systems.map(len) > 0)].nunique()),
+        "distinct_stable_formulas": int(table.loc[stable, "formula"].nunique()),
+        "e_hull_median": float(table["e_hull"].median()) if "e_hull" in table else None,
+    }
+    out.update(run_facts(run_dir))
+    return out
+
+
+def parse(specs):
+    parsed = {}
+    for spec in specs:
+        label, _, rest = spec.partition("=")
+        eval_dir, _, run_dir = rest.partition(":")
+        parsed[label] = (Path(eval_dir), Path(run_dir) if run_dir else None)
+    return parsed
+
+
+def markdown(rows: dict[str, dict]) -> str:
+    keys = [
+        "n",
+        "struct_valid",
+        "comp_valid",
+        "stable_unrelaxed",
+        "stable_relaxed",
+        "unique",
+        "novel",
+        "sun_unrelaxed",
+        "sun_relaxed",
+        "sun_per_second",
+        "single_element",
+        "distinct_stable_chemical_systems",
+        "e_hull_median",
+        "kl_last5_mean",
+        "train_minutes",
+    ]
+    head = "| | " + " | ".join(rows) + " |\n|---|" + "---:|" * len(rows) + "\n"
+
+    def cell(v):
+        if v is None:
+            return "–"
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return head + "".join(f"| {k} | " + " | ".join(cell(r.get(k)) for r in rows.values()) + " |\n" for k in keys)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--eval", nargs="+", required=True, help="LABEL=EVAL_DIR[:RUN_DIR], the base model first")
+    parser.add_argument("--space-groups", nargs="*", default=[], help="LABEL=EVAL_DIR of per-space-group draws")
+    parser.add_argument("--output", required=True, help="path prefix of the outputs")
+    args = parser.parse_args()
+
+    from crystalformer_rl.evaluation.plots import plot_ehull_histogram, plot_space_group_rates
+
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs = parse(args.eval)
+    rows = {label: facts(eval_dir, run_dir) for label, (eval_dir, run_dir) in runs.items()}
+    Path(f"{out}_summary.json").write_text(json.dumps(rows, indent=2))
+    Path(f"{out}_summary.md").write_text(markdown(rows))
+    plot_ehull_histogram(
+        {label: pd.read_csv(d / "structures.csv")["e_hull"].tolist() for label, (d, _) in runs.items()},
+        f"{out}_ehull.png",
+        title="E_hull of 1,000 fresh samples (CHGNet, unrelaxed)",
+    )
+    if args.space_groups:
+        tables = {label: pd.read_csv(d / "space_groups.csv") for label, (d, _) in parse(args.space_groups).items()}
+        plot_space_group_rates(
+            tables,
+            f"{out}_space_groups.png",
+            columns=("frac_stable_unrelaxed", "frac_sun_unrelaxed"),
+            top=14,
+            title="per space group: stable and S.U.N. (unrelaxed)",
+        )
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
