@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .precision import PIN_MEMORY_HELP, pin_memory_only_on_cuda
+
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -85,6 +87,7 @@ class CrystalDPOConfig(TrainingArguments):
     save_total_limit: int | None = field(default=3, metadata={"help": "Keep this many checkpoints."})
     logging_steps: float = field(default=10, metadata={"help": "Log the training preference metrics every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "The pair collator picks its columns."})
+    dataloader_pin_memory: bool = field(default=True, metadata={"help": PIN_MEMORY_HELP})
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -100,3 +103,4 @@ class CrystalDPOConfig(TrainingArguments):
         if self.kl_num_samples < 0:
             raise ValueError(f"kl_num_samples must be >= 0, not {self.kl_num_samples}")
         super().__post_init__()
+        pin_memory_only_on_cuda(self)

@@ -37,6 +37,7 @@ from transformers.utils import logging
 
 from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
 from ..tokenization import CrystalCollator, CrystalTokenizer
+from ..utils import atomic_write_with
 from .crystal_dpo_config import CrystalDPOConfig
 from .crystal_rloo_trainer import TOKEN_KEYS, disable_all_dropout
 from .dpo_pairs import PAIR_COLUMNS, pair_tokens, pairs_dataset
@@ -308,7 +309,8 @@ class CrystalDPOTrainer(Trainer):
         so the estimate is comparable across steps; a separate generator, so training's RNG is untouched)."""
         policy = self.accelerator.unwrap_model(self.model)
         device = self.accelerator.device
-        out = policy.sample(space_group=self._kl_space_groups.to(device), seed=self.args.seed)
+        with self.accelerator.autocast():  # as the forward (accelerate's autocast wrapper) under bf16
+            out = policy.sample(space_group=self._kl_space_groups.to(device), seed=self.args.seed)
         tokens = {k: getattr(out, k).to(device) for k in TOKEN_KEYS}
         tokens["XYZ"], tokens["L"] = tokens["XYZ"].float(), tokens["L"].float()
         logp = policy(**tokens, output_logits=False).logp.double()
@@ -343,9 +345,7 @@ class CrystalDPOTrainer(Trainer):
                 if dataset is not None:
                     for side, column in zip(("chosen", "rejected"), REF_COLUMNS):
                         tensors[f"{split}/{side}"] = torch.tensor(dataset[column], dtype=torch.float64)
-            tmp = folder / (REFERENCE_STATE_NAME + ".tmp")
-            save_file(tensors, str(tmp))
-            os.replace(tmp, folder / REFERENCE_STATE_NAME)
+            atomic_write_with(lambda tmp: save_file(tensors, str(tmp)), folder / REFERENCE_STATE_NAME)
             self.crystal_tokenizer.save_pretrained(folder)
 
     def _restore_reference(self, checkpoint: str | os.PathLike) -> None:

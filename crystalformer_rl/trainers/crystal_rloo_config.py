@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from trl import RLOOConfig
 
+from .precision import PIN_MEMORY_HELP, TF32_HELP, pin_memory_only_on_cuda
+
 
 @dataclass
 class CrystalRLConfig(RLOOConfig):
@@ -39,8 +41,16 @@ class CrystalRLConfig(RLOOConfig):
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Not needed for a 5M-parameter model."})
     disable_dropout: bool = field(default=True, metadata={"help": "No dropout while fine-tuning (paper)."})
     bf16: bool | None = field(
-        default=False, metadata={"help": "Keep float32: the PPO ratio exp(Σ log p) is sensitive to bf16."}
+        default=False,
+        metadata={
+            "help": "bf16 autocast of sampling, the log-likelihoods and the loss (parameters and optimizer states "
+            "stay float32). Default False, float32 throughout (the paper's; TRL's default would be True): the PPO "
+            "ratio exp(Σ log p) over ~100 terms is sensitive to bf16, so watch the logged `ratio` and "
+            "`clip_fraction` when turning it on."
+        },
     )
+    tf32: bool | None = field(default=None, metadata={"help": TF32_HELP})
+    dataloader_pin_memory: bool = field(default=True, metadata={"help": PIN_MEMORY_HELP})
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
     save_steps: float = field(
         default=30,
@@ -128,6 +138,7 @@ class CrystalRLConfig(RLOOConfig):
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
         super().__post_init__()
+        pin_memory_only_on_cuda(self)
         self._check_save_steps()
 
     def _check_save_steps(self):

@@ -38,6 +38,7 @@ from trl import RLOOTrainer
 
 from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
 from ..tokenization import CrystalTokenizer, CrystalTokens, WyckoffTables
+from ..utils import atomic_write_text
 from .crystal_rloo_config import CrystalRLConfig
 
 
@@ -183,20 +184,23 @@ class CrystalRLOOTrainer(RLOOTrainer):
     @torch.no_grad()
     def _sample(self, space_groups: torch.Tensor, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         policy = self.accelerator.unwrap_model(self.model)
-        if self.rollout_fn is not None:
-            tokens = self.rollout_fn(policy, inputs)
-        else:
-            # Draw from the global RNG (checkpointed by the Trainer, so resumes replay it) and decorrelate ranks,
-            # which the Trainer seeds identically.
-            seed = (int(torch.randint(0, 2**62, (1,))) + 1_000_003 * self.accelerator.process_index) % 2**62
-            out = policy.sample(
-                space_group=space_groups,
-                seed=seed,
-                temperature=self.args.temperature,
-                top_p=self.args.top_p,
-                elements=self._element_mask,
-            )
-            tokens = {k: getattr(out, k) for k in TOKEN_KEYS}
+        # The sampler calls the model's modules directly, not the `forward` accelerate wraps in autocast: give it
+        # the same mixed precision as the likelihoods and the loss (bf16 autocast with `bf16=True`, else a no-op).
+        with self.accelerator.autocast():
+            if self.rollout_fn is not None:
+                tokens = self.rollout_fn(policy, inputs)
+            else:
+                # Draw from the global RNG (checkpointed by the Trainer, so resumes replay it) and decorrelate
+                # ranks, which the Trainer seeds identically.
+                seed = (int(torch.randint(0, 2**62, (1,))) + 1_000_003 * self.accelerator.process_index) % 2**62
+                out = policy.sample(
+                    space_group=space_groups,
+                    seed=seed,
+                    temperature=self.args.temperature,
+                    top_p=self.args.top_p,
+                    elements=self._element_mask,
+                )
+                tokens = {k: getattr(out, k) for k in TOKEN_KEYS}
         device = self.accelerator.device
         tokens = {k: torch.as_tensor(tokens[k]).to(device) for k in TOKEN_KEYS}
         # Trim the padding shared by every crystal (keep one site for the lattice read-out).
@@ -409,10 +413,7 @@ class CrystalRLOOTrainer(RLOOTrainer):
                 "step": self.state.global_step,
                 "base_model_fingerprint": self._base_fingerprint(),
             }
-            tmp = os.path.join(folder, EMA_STATE_NAME + ".tmp")
-            with open(tmp, "w") as f:
-                json.dump(state, f)
-            os.replace(tmp, os.path.join(folder, EMA_STATE_NAME))
+            atomic_write_text(json.dumps(state), os.path.join(folder, EMA_STATE_NAME))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         """Also restore the EMA baseline: ``Trainer`` calls this on every backend when resuming, whereas DeepSpeed

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .precision import BF16_HELP, PIN_MEMORY_HELP, TF32_HELP, pin_memory_only_on_cuda
+
 
 @dataclass
 class CrystalPretrainConfig(TrainingArguments):
@@ -51,3 +53,12 @@ class CrystalPretrainConfig(TrainingArguments):
         default=False,
         metadata={"help": "Pad every batch to n_max sites as the reference does (slower; for benchmarks)."},
     )
+
+    # ---- precision and host memory (documented defaults; see `scripts/device_check.py` for GPU figures)
+    bf16: bool = field(default=False, metadata={"help": BF16_HELP})
+    tf32: bool | None = field(default=None, metadata={"help": TF32_HELP})
+    dataloader_pin_memory: bool = field(default=True, metadata={"help": PIN_MEMORY_HELP})
+
+    def __post_init__(self):
+        super().__post_init__()
+        pin_memory_only_on_cuda(self)

@@ -45,7 +45,7 @@ def build_sft_dataset(model, script: SFTScriptArguments, output_dir: Path, ehull
     from datasets import Dataset
 
     from ..pretrained import space_group_distribution
-    from ..sample import draw_space_groups, sample_to_frame, structures_from_token_strings
+    from ..sampling import draw_space_groups, sample_to_frame, structures_from_token_strings
     from ..tokenization import CrystalTokenizationError, CrystalTokenizer
 
     groups = draw_space_groups(script.num_samples, None, space_group_distribution(script.model), script.sample_seed)

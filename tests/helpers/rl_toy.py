@@ -18,10 +18,20 @@ SPACE_GROUPS = [1, 2, 12, 14, 62, 139, 166, 194, 225]
 ANIONS = {7, 8, 9, 16, 17}  # N, O, F, S, Cl
 
 
-def tiny_model(seed: int = 0) -> CrystalFormerForCrystalGeneration:
+def tiny_model(seed: int = 0, **overrides) -> CrystalFormerForCrystalGeneration:
     torch.manual_seed(seed)
     config = CrystalFormerConfig(
-        num_layers=2, num_heads=2, key_size=16, model_size=32, embed_size=16, h0_size=32, Kx=4, Kl=2
+        **{
+            "num_layers": 2,
+            "num_heads": 2,
+            "key_size": 16,
+            "model_size": 32,
+            "embed_size": 16,
+            "h0_size": 32,
+            "Kx": 4,
+            "Kl": 2,
+            **overrides,
+        }
     )
     return CrystalFormerForCrystalGeneration(config)
 
