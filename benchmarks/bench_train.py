@@ -30,6 +30,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from crystalformer_rl.data import DEFAULT_TRAIN_DATA
 from crystalformer_rl.modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration
 from crystalformer_rl.tokenization import CrystalTokenizer
 from crystalformer_rl.trainers import CrystalPretrainConfig, CrystalPretrainer, PaddingCollator
@@ -45,7 +46,7 @@ def load_rows(n: int, seed: int = 0) -> list[dict]:
     """n real MP crystals: the corpus if built, else the MP-20 pilot set tokenized here."""
     import pandas as pd
 
-    corpus = Path("data/corpus/train.parquet")
+    corpus = Path(DEFAULT_TRAIN_DATA)
     if corpus.exists():
         frame = pd.read_parquet(corpus, columns=["G", "W", "A", "XYZ", "L", "num_sites"])
         return [dict(r) for _, r in frame.sample(min(n, len(frame)), random_state=seed).iterrows()]

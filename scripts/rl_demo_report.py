@@ -2,6 +2,7 @@
 
     python scripts/rl_demo_report.py --eval base=runs/v3/base/eval rl=runs/v3/rl/eval:runs/rl-ehull-v3 \
         --space-groups base=runs/v3/base_sg/eval rl=runs/v3/rl_sg/eval --output docs/figures/rl_ehull
+    python scripts/rl_demo_report.py --checkpoint-at-kl runs/rl-ehull 1.5     # a run's checkpoint nearest KL 1.5
 
 Each ``--eval LABEL=EVAL_DIR[:RUN_DIR]`` is an evaluation folder (``structures.csv``, ``summary.json``) and
 optionally the training run that made the model (its ``log_history.json`` gives the last logged KL to the base
@@ -40,6 +41,22 @@ def run_facts(run_dir: Path | None) -> dict:
         "reward_last5_mean": sum(h.get("reward", float("nan")) for h in tail) / len(tail) if tail else None,
         "train_minutes": round(end["train_runtime"] / 60, 1) if "train_runtime" in end else None,
     }
+
+
+def checkpoint_at_kl(run_dir: Path, target: float, window: int = 5) -> Path:
+    """The checkpoint of an RL run whose KL to the base model (mean of the ``window`` logged batches up to it) is
+    closest to ``target``: how two runs are compared "at matched KL"."""
+    history = json.loads((run_dir / "log_history.json").read_text())
+    logged = [(h["step"], h["kl"]) for h in history if "kl" in h]
+    best, best_gap = None, float("inf")
+    for folder in run_dir.glob("checkpoint-*"):
+        step = int(folder.name.split("-")[1])
+        recent = [kl for s, kl in logged if s <= step][-window:]
+        if recent and abs(sum(recent) / len(recent) - target) < best_gap:
+            best, best_gap = folder, abs(sum(recent) / len(recent) - target)
+    if best is None:
+        raise ValueError(f"{run_dir}: no checkpoint with a logged KL")
+    return best
 
 
 def facts(eval_dir: Path, run_dir: Path | None) -> dict:
@@ -107,10 +124,18 @@ def markdown(rows: dict[str, dict]) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--eval", nargs="+", required=True, help="LABEL=EVAL_DIR[:RUN_DIR], the base model first")
+    parser.add_argument("--eval", nargs="+", help="LABEL=EVAL_DIR[:RUN_DIR], the base model first")
     parser.add_argument("--space-groups", nargs="*", default=[], help="LABEL=EVAL_DIR of per-space-group draws")
-    parser.add_argument("--output", required=True, help="path prefix of the outputs")
+    parser.add_argument("--output", help="path prefix of the outputs")
+    parser.add_argument(
+        "--checkpoint-at-kl", nargs=2, metavar=("RUN_DIR", "KL"), help="print the run's checkpoint nearest that KL"
+    )
     args = parser.parse_args()
+    if args.checkpoint_at_kl:
+        print(checkpoint_at_kl(Path(args.checkpoint_at_kl[0]), float(args.checkpoint_at_kl[1])))
+        return
+    if not args.eval or not args.output:
+        parser.error("--eval and --output are required (unless --checkpoint-at-kl)")
 
     from crystalformer_rl.evaluation.plots import plot_ehull_histogram, plot_space_group_rates
 

@@ -8,6 +8,9 @@
    ``max_steps``; the validation NLL at the end ranks the candidates.
 2. The winner continues from its sweep weights for ``--main-minutes`` with a fresh warmup + cosine schedule
    (Adam state restarted), validated per term along the way.
+2b. Optionally (``--continue-minutes``, ``--continue-lr``) a further warm restart from the main phase's weights: a
+   new warmup + cosine schedule at a lower peak and another data order. This is how a later session adds budget
+   to the shipped model without repeating the earlier phases (their checkpoints must be in ``--work``).
 3. The result (safetensors, config, tokenizer, model card inputs, loss curves, log history) goes to ``--output``
    (default: the package's ``crystalformer_rl/pretrained/default``).
 
@@ -27,6 +30,7 @@ import torch
 from datasets import load_dataset
 from transformers import TrainerCallback
 
+from crystalformer_rl.data import DEFAULT_CORPUS_DIR
 from crystalformer_rl.modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration
 from crystalformer_rl.pretrained import SPACE_GROUP_FILE
 from crystalformer_rl.tokenization import CrystalTokenizer
@@ -67,7 +71,7 @@ class Clock(TrainerCallback):
         return self.steps / (time.perf_counter() - self.start)
 
 
-def trainer_for(model, out, max_steps, lr, train_ds, valid_ds, eval_steps, callbacks=(), save=True):
+def trainer_for(model, out, max_steps, lr, train_ds, valid_ds, eval_steps, callbacks=(), save=True, seed=0):
     args = CrystalPretrainConfig(
         output_dir=str(out),
         max_steps=max_steps,
@@ -81,7 +85,7 @@ def trainer_for(model, out, max_steps, lr, train_ds, valid_ds, eval_steps, callb
         save_total_limit=2,
         logging_steps=50,
         use_cpu=True,
-        seed=0,
+        seed=seed,
         disable_tqdm=True,
         report_to="none",
         eval_strategy="steps" if valid_ds is not None else "no",
@@ -107,7 +111,7 @@ def last_checkpoint(folder: Path) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
-def run_phase(key, config, lr, minutes, train_ds, valid_ds, work, plan, init_from=None, evals=8):
+def run_phase(key, config, lr, minutes, train_ds, valid_ds, work, plan, init_from=None, evals=8, seed=0):
     """Train one phase to its planned step count (resuming if interrupted); return (trainer, metrics, seconds)."""
     if key not in plan:
         rate = probe_steps_per_second(key, config, lr, train_ds, work)
@@ -121,7 +125,7 @@ def run_phase(key, config, lr, minutes, train_ds, valid_ds, work, plan, init_fro
     else:
         model = CrystalFormerForCrystalGeneration(CrystalFormerConfig(**config))
     eval_steps = max(max_steps // evals, 1)
-    trainer = trainer_for(model, work / key, max_steps, lr, train_ds, valid_ds, eval_steps)
+    trainer = trainer_for(model, work / key, max_steps, lr, train_ds, valid_ds, eval_steps, seed=seed)
     start = time.time()
     trainer.train(resume_from_checkpoint=last_checkpoint(work / key))
     metrics = trainer.evaluate()
@@ -131,9 +135,22 @@ def run_phase(key, config, lr, minutes, train_ds, valid_ds, work, plan, init_fro
     return trainer, metrics, time.time() - start
 
 
+def _record_seconds(work: Path, key: str, seconds: float):
+    """Keep a phase's first (real) training time: a rerun that resumes a finished phase takes seconds."""
+    file = work / "seconds.json"
+    record = json.loads(file.read_text()) if file.exists() else {}
+    record.setdefault(key, seconds)
+    atomic_write_text(json.dumps(record, indent=2), file)
+
+
+def _phase_seconds(work: Path, key: str, seconds: float) -> float:
+    file = work / "seconds.json"
+    return json.loads(file.read_text()).get(key, seconds) if file.exists() else seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default="data/corpus")
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS_DIR)
     parser.add_argument("--work", default="runs/default_model")
     parser.add_argument(
         "--output", default=str(Path(__file__).resolve().parents[1] / "crystalformer_rl" / "pretrained" / "default")
@@ -141,6 +158,8 @@ def main():
     parser.add_argument("--sweep-minutes", type=float, default=6)
     parser.add_argument("--main-minutes", type=float, default=66)
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
+    parser.add_argument("--continue-minutes", type=float, default=0, help="warm restart after the main phase")
+    parser.add_argument("--continue-lr", type=float, default=None, help="its peak lr (default: half the main one)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -178,6 +197,25 @@ def main():
         init_from=str(work / f"sweep-{best}" / "final"),
         evals=16,
     )
+    _record_seconds(work, f"main-{best}", seconds)
+    phases = [("sweep", f"sweep-{best}", sweep[best]["seconds"]), ("main", f"main-{best}", seconds)]
+    if args.continue_minutes > 0:
+        key = f"continue-{best}"
+        trainer, metrics, seconds = run_phase(
+            key,
+            config,
+            args.continue_lr or lr / 2,
+            args.continue_minutes,
+            train_ds,
+            valid_ds,
+            work,
+            plan,
+            init_from=str(work / f"main-{best}" / "final"),
+            evals=12,
+            seed=1,
+        )
+        phases.append(("continue", key, seconds))
+        _record_seconds(work, key, seconds)
     out = Path(args.output)  # overwrite the model files only: the model card and shipped extras stay
     out.mkdir(parents=True, exist_ok=True)
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -185,27 +223,32 @@ def main():
     CrystalTokenizer(n_max=model.config.n_max).save_pretrained(out)
     counts = Counter(int(g) for g in train_ds["G"])
     atomic_write_text(json.dumps({str(g): counts[g] for g in sorted(counts)}), out / SPACE_GROUP_FILE)
-    sweep_history = json.loads((work / f"sweep-{best}" / "log_history.json").read_text())
+    total_steps = sum(plan[key]["max_steps"] for _, key, _ in phases)
+    histories = {phase: json.loads((work / key / "log_history.json").read_text()) for phase, key, _ in phases}
     result = {
         "best": best,
         "parameters": sum(p.numel() for p in model.parameters()),
         "batch": BATCH,
         "lr": lr,
-        "steps": {"sweep": plan[f"sweep-{best}"]["max_steps"], "main": trainer.state.global_step},
-        "crystals_seen": (plan[f"sweep-{best}"]["max_steps"] + trainer.state.global_step) * BATCH,
-        "epochs": (plan[f"sweep-{best}"]["max_steps"] + trainer.state.global_step) * BATCH / len(train_ds),
+        "steps": {phase: plan[key]["max_steps"] for phase, key, _ in phases},
+        "crystals_seen": total_steps * BATCH,
+        "epochs": total_steps * BATCH / len(train_ds),
         "validation": metrics,
         "sweep": sweep,
         "plan": plan,
         "training_minutes": {
             "sweep_all_candidates": round(sum(s["seconds"] for s in sweep.values()) / 60, 1),
-            "winner_total": round((sweep[best]["seconds"] + seconds) / 60, 1),
+            **{phase: round(_phase_seconds(work, key, sec) / 60, 1) for phase, key, sec in phases},
+            "winner_total": round(sum(_phase_seconds(work, key, sec) for _, key, sec in phases) / 60, 1),
         },
     }
     atomic_write_text(json.dumps(result, indent=2), work / "result.json")
-    atomic_write_text(
-        json.dumps({"sweep": sweep_history, "main": trainer.state.log_history}, indent=1), work / "log_history.json"
-    )
+    atomic_write_text(json.dumps(histories, indent=1), work / "log_history.json")
+    combined, offset = [], 0  # one step axis over the winner's phases, for one loss-curve figure
+    for phase, key, _ in phases:
+        combined += [{**h, "step": h["step"] + offset, "phase": phase} for h in histories[phase] if "step" in h]
+        offset += plan[key]["max_steps"]
+    plot_loss_curves(combined, work / "loss_curves_all_phases.png")
     print(json.dumps(result, indent=2))
 
 

@@ -549,3 +549,27 @@ def test_linear_program_hull_matches_qhull_and_handles_many_elements():
     start = time.perf_counter()
     energy = hull.hull_formation_energy_per_atom(Composition("LiNaKRbCsFClBrIO2"))
     assert energy < 0 and time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("name", ["r2scan", "0.3.0"])
+def test_chgnet_batched_efs_equals_chgnets_own_prediction(name):
+    """The inference path (one first-order backward pass) gives CHGNet's own energies, forces and stresses."""
+    import pandas as pd
+    from ase import units
+
+    from crystalformer_rl.reward_models import CHGNetEnergyModel
+
+    rows = pd.read_csv(SHARED / "data" / "mp20_biternary" / "test.csv.gz").sample(6, random_state=5)
+    structures = [Structure.from_str(c, fmt="cif") for c in rows["cif"]]
+    for s in structures[::2]:  # away from equilibrium, so forces and stresses are not ~0
+        s.perturb(0.1, min_distance=0.05, seed=1)
+        s.scale_lattice(s.volume * 1.05)
+    model = CHGNetEnergyModel(name, batch_size=4)  # two batches: the batch boundary is exercised too
+    ours = model.predict_efs(structures)
+    theirs = model.model.predict_structure(structures, task="efs", batch_size=4)
+    scale = (lambda s: len(s)) if model.model.is_intensive else (lambda s: 1)
+    for (energy, forces, stress), ref, s in zip(ours, theirs, structures):
+        assert energy == pytest.approx(float(np.asarray(ref["e"]).reshape(-1)[0]) * scale(s), abs=1e-4 * len(s))
+        np.testing.assert_allclose(forces, ref["f"], atol=2e-3)
+        np.testing.assert_allclose(stress, np.asarray(ref["s"]) * units.GPa, atol=1e-4)
+    assert max(np.abs(f).max() for _, f, _ in ours) > 0.05  # the check compared real forces
