@@ -18,3 +18,19 @@ def shared() -> Path:
     if not SHARED.is_dir():
         raise FileNotFoundError(f"the tests read real data from {SHARED}, which is missing")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def train():
+    """The MP-20 pilot training split (real Materials Project crystals with CIFs)."""
+    import pandas as pd
+
+    return pd.read_csv(SHARED / "data" / "mp20_pilot" / "train.csv.gz")
+
+
+@pytest.fixture(scope="module")
+def val():
+    """The MP-20 pilot validation split."""
+    import pandas as pd
+
+    return pd.read_csv(SHARED / "data" / "mp20_pilot" / "val.csv.gz")

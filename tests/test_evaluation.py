@@ -36,16 +36,6 @@ PILOT = SHARED / "data" / "mp20_pilot"
 
 
 @pytest.fixture(scope="module")
-def train() -> pd.DataFrame:
-    return pd.read_csv(PILOT / "train.csv.gz")
-
-
-@pytest.fixture(scope="module")
-def val() -> pd.DataFrame:
-    return pd.read_csv(PILOT / "val.csv.gz")
-
-
-@pytest.fixture(scope="module")
 def val_structures(val) -> list[Structure]:
     return [Structure.from_str(c, fmt="cif") for c in val.cif[:40]]
 

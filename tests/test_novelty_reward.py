@@ -26,6 +26,7 @@ from crystalformer_rl.reward_models import (
     SUNReward,
     structure_fingerprint,
 )
+from tests.helpers.stand_ins import Tokens
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,16 +43,6 @@ NOVELTY_KEYS = {
 
 
 # ----------------------------------------------------------------------------------------------- data
-@pytest.fixture(scope="module")
-def train() -> pd.DataFrame:
-    return pd.read_csv(PILOT / "train.csv.gz")
-
-
-@pytest.fixture(scope="module")
-def val() -> pd.DataFrame:
-    return pd.read_csv(PILOT / "val.csv.gz")
-
-
 @pytest.fixture(scope="module")
 def reference() -> ReferenceIndex:
     """The 1,000 MP-20 pilot training crystals: the "training corpus" of these tests."""
@@ -96,18 +87,6 @@ def translated(s: Structure, shift=(0.13, 0.27, 0.41)) -> Structure:
 
 def rocksalt(a: str = "Na", b: str = "Xe", lattice: float = 5.64) -> Structure:
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(lattice), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]])
-
-
-class Tokens:
-    """Stand-in for the tokenizer's CrystalTokens: anything with to_structure()."""
-
-    def __init__(self, structure: Structure | None) -> None:
-        self.structure = structure
-
-    def to_structure(self) -> Structure:
-        if self.structure is None:
-            raise ValueError("invalid Wyckoff combination")
-        return self.structure
 
 
 class ToyEhull(CrystalReward):

@@ -43,6 +43,7 @@ from crystalformer_rl.reward_models import (  # noqa: E402
     relax_structure,
     structure_fingerprint,
 )
+from tests.helpers.stand_ins import Tokens
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -69,18 +70,6 @@ def bcc_fe() -> Structure:
 
 def overlapping() -> Structure:
     return Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.02, 0, 0]])
-
-
-class Tokens:
-    """Stand-in for the tokenizer's CrystalTokens: anything with to_structure()."""
-
-    def __init__(self, structure: Structure | None) -> None:
-        self.structure = structure
-
-    def to_structure(self) -> Structure:
-        if self.structure is None:
-            raise ValueError("invalid Wyckoff combination")
-        return self.structure
 
 
 class ConstantCalculator(Calculator):
