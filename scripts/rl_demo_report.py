@@ -8,7 +8,8 @@ Each ``--eval LABEL=EVAL_DIR[:RUN_DIR]`` is an evaluation folder (``structures.c
 optionally the training run that made the model (its ``log_history.json`` gives the last logged KL to the base
 model and the compute). Writes ``<output>_summary.json`` / ``.md`` (stable, unique, novel, S.U.N., S.U.N. per
 second, single-element share, distinct stable chemical systems, median E_hull, KL) and ``<output>_ehull.png``
-(overlaid E_hull histograms); with ``--space-groups``, ``<output>_space_groups.png`` (stable and S.U.N. rates per
+(overlaid E_hull histograms); with ``--curves``, ``<output>_curves.png`` (stable fraction, KL, uniqueness and
+single-element share against the step); with ``--space-groups``, ``<output>_space_groups.png`` (stable and S.U.N. rates per
 space group, Fig. 4 of the paper).
 """
 
@@ -122,10 +123,44 @@ def markdown(rows: dict[str, dict]) -> str:
     return head + "".join(f"| {k} | " + " | ".join(cell(r.get(k)) for r in rows.values()) + " |\n" for k in keys)
 
 
+def plot_runs(runs: dict[str, Path], path: str, window: int = 10) -> None:
+    """Stable fraction, KL, uniqueness and single-element share against the step for several runs (moving mean
+    over ``window`` sampled batches), so runs with different rewards are compared on the same axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = {
+        "stable fraction (E_hull ≤ 0.1, in-batch)": ("rewards/ehull/stable_fraction", "ehull_sun/stable_fraction"),
+        "KL(pθ ‖ p_base) per crystal": ("kl",),
+        "unique fraction (in-batch)": ("unique_fraction",),
+        "single-element fraction": ("single_element_fraction",),
+    }
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for label, run_dir in runs.items():
+        history = [h for h in json.loads((run_dir / "log_history.json").read_text()) if "kl" in h]
+        steps = np.array([h["step"] for h in history])
+        for ax, (title, keys) in zip(axes, panels.items()):
+            values = np.array([next((h[k] for k in keys if k in h), np.nan) for h in history], dtype=float)
+            if np.isnan(values).all():
+                continue
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1 :], smooth, label=label)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("optimizer step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval", nargs="+", help="LABEL=EVAL_DIR[:RUN_DIR], the base model first")
     parser.add_argument("--space-groups", nargs="*", default=[], help="LABEL=EVAL_DIR of per-space-group draws")
+    parser.add_argument("--curves", nargs="*", default=[], help="LABEL=RUN_DIR of RL runs to plot against the step")
     parser.add_argument("--output", help="path prefix of the outputs")
     parser.add_argument(
         "--checkpoint-at-kl", nargs=2, metavar=("RUN_DIR", "KL"), help="print the run's checkpoint nearest that KL"
@@ -150,6 +185,8 @@ def main():
         f"{out}_ehull.png",
         title="E_hull of 1,000 fresh samples (CHGNet, unrelaxed)",
     )
+    if args.curves:
+        plot_runs({label: Path(d) for label, (d, _) in parse(args.curves).items()}, f"{out}_curves.png")
     if args.space_groups:
         tables = {label: pd.read_csv(d / "space_groups.csv") for label, (d, _) in parse(args.space_groups).items()}
         plot_space_group_rates(

@@ -363,7 +363,12 @@ def test_sun_config_parses():
     from crystalformer_rl.trainers import CrystalRLConfig
     from crystalformer_rl.trainers.commands import RLScriptArguments
 
-    for name in ("rl_ehull_sun.yaml", "rl_dielectric_uncertainty.yaml"):
+    for name in (
+        "rl_ehull_sun.yaml",
+        "rl_dielectric_uncertainty.yaml",
+        "rl_ehull_near_hull.yaml",
+        "rl_ehull_sun_near_hull.yaml",
+    ):
         script, config = TrlParser((RLScriptArguments, CrystalRLConfig)).parse_args_and_config(
             ["--config", str(REPO / "configs" / name)]
         )
