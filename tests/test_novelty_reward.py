@@ -373,7 +373,7 @@ def test_sun_config_parses():
             ["--config", str(REPO / "configs" / name)]
         )
         assert config.save_steps % config.num_iterations == 0
-        assert isinstance(json.loads(script.reward_kwargs), dict)
+        assert isinstance(json.loads(script.reward_kwargs or "{}"), dict)
 
 
 @pytest.mark.slow
