@@ -160,6 +160,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval", nargs="+", help="LABEL=EVAL_DIR[:RUN_DIR], the base model first")
     parser.add_argument("--space-groups", nargs="*", default=[], help="LABEL=EVAL_DIR of per-space-group draws")
+    parser.add_argument("--histogram", nargs="*", default=None, help="labels of --eval in the histogram (default all)")
     parser.add_argument("--curves", nargs="*", default=[], help="LABEL=RUN_DIR of RL runs to plot against the step")
     parser.add_argument("--output", help="path prefix of the outputs")
     parser.add_argument(
@@ -180,8 +181,13 @@ def main():
     rows = {label: facts(eval_dir, run_dir) for label, (eval_dir, run_dir) in runs.items()}
     Path(f"{out}_summary.json").write_text(json.dumps(rows, indent=2))
     Path(f"{out}_summary.md").write_text(markdown(rows))
+    shown = args.histogram or list(runs)
     plot_ehull_histogram(
-        {label: pd.read_csv(d / "structures.csv")["e_hull"].tolist() for label, (d, _) in runs.items()},
+        {
+            label: pd.read_csv(d / "structures.csv")["e_hull"].tolist()
+            for label, (d, _) in runs.items()
+            if label in shown
+        },
         f"{out}_ehull.png",
         title="E_hull of 1,000 fresh samples (CHGNet, unrelaxed)",
     )

@@ -150,7 +150,7 @@ def plot_space_group_rates(
 
     ``table`` is :func:`~crystalformer_rl.evaluation.evaluate.space_group_table`'s output (``space_group``, ``n``
     and ``frac_*`` columns), or several of them by model name to compare. The ``top`` most frequent groups (over all
-    tables) are shown, each labelled with its sample count; a missing column or group draws no bar.
+    tables) are shown, each labelled with its sample count per table; a missing column or group draws no bar.
     """
     tables = dict(table) if isinstance(table, Mapping) else {"": table}
     counts: Counter = Counter()
@@ -174,7 +174,11 @@ def plot_space_group_rates(
         heights = [rates.get(g, np.nan) for g in groups]
         label = f"{name}: {_rate_label(column)}" if name else _rate_label(column)
         ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width=width, label=label)
-    ax.set_xticks(x, [f"{g} (n={counts[g]})" for g in groups], rotation=90)
+    per_table = [
+        {int(k): int(v) for k, v in zip(f["space_group"].dropna(), f.loc[f["space_group"].notna(), "n"])}
+        for f in tables.values()
+    ]
+    ax.set_xticks(x, [f"{g} (n={'/'.join(str(t.get(g, 0)) for t in per_table)})" for g in groups], rotation=90)
     ax.set_xlabel("space group")
     ax.set_ylabel("fraction of the group's samples")
     if title:
