@@ -269,3 +269,18 @@ def test_pretraining_batches_are_length_grouped_and_reshuffled(shared, tmp_path)
         # Within a batch the site counts are close: far less spread than in a random batch.
         spread = np.mean([np.ptp([sites[i] for i in first[k : k + 8]]) for k in range(0, len(first), 8)])
         assert spread < 0.5 * np.ptp(sites)
+
+
+def test_a_short_prompt_list_fills_whole_batches():
+    """`--prompts 225` (one row) once gave an empty epoch and an RL run of 0 steps; repeats keep the proportions."""
+    from types import SimpleNamespace
+
+    from crystalformer_rl.trainers.commands import fill_prompts
+
+    config = SimpleNamespace(per_device_train_batch_size=100, gradient_accumulation_steps=1)
+    filled = fill_prompts([225], config)
+    assert len(filled) >= 800 and set(filled) == {225}
+    mixed = fill_prompts([225, 221, 221], config)
+    assert mixed.count(221) == 2 * mixed.count(225)
+    long = list(range(1, 231)) * 4
+    assert fill_prompts(long, config) == long

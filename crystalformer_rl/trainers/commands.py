@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -65,6 +66,14 @@ def training_space_groups(source: str | None, model_name: str | None = None) -> 
     path = Path(source)
     files = sorted(str(p) for p in path.glob("**/*.parquet")) if path.is_dir() else [str(path)]
     return [int(g) for g in load_dataset("parquet", data_files=files, split="train")["G"]]
+
+
+def fill_prompts(groups: list[int], config) -> list[int]:
+    """A short list of groups (``--prompts 225``) repeated until it fills a few sampled batches: the prompt dataset
+    is drawn from in whole batches, so one row per group would give no batch at all. Repeating the list keeps the
+    groups' proportions."""
+    needed = 8 * config.per_device_train_batch_size * config.gradient_accumulation_steps
+    return list(groups) * math.ceil(needed / len(groups)) if 0 < len(groups) < needed else list(groups)
 
 
 def parse_command_line(parser, argv: list[str] | None) -> tuple:
@@ -277,7 +286,7 @@ def run_rl(argv: list[str] | None = None):
     checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, resume=script.resume)
     model = load_model(script.model)
     rewards = [load_reward(name, **reward_kwargs.get(name, {})) for name in script.rewards]
-    groups = config.space_groups or training_space_groups(script.prompts, script.model)
+    groups = fill_prompts(config.space_groups or training_space_groups(script.prompts, script.model), config)
     trainer = CrystalRLOOTrainer(model, rewards, args=config, train_dataset=space_group_prompts(groups))
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)
