@@ -1,15 +1,17 @@
 """Sampled crystals as a table and as files: the library side of ``crystalformer-rl sample``, also used by the
 trainers (SFT).
 
-:func:`draw_space_groups` picks the space group of each crystal, :func:`sample_to_frame` samples a model into a
-table of token strings and log-likelihoods, :func:`structures_from_token_strings` turns the token strings into
-pymatgen structures and :func:`write_samples` writes CSV, CIFs and extxyz (atomically) with the sampling time.
+:func:`draw_space_groups` picks the space group of each crystal, :func:`sample_crystals` samples a model into
+``CrystalTokens`` and log-likelihoods, :func:`sample_to_frame` makes those a table of token strings,
+:func:`structures_from_token_strings` turns token strings into pymatgen structures and :func:`write_samples`
+writes CSV, CIFs and extxyz (atomically) with the sampling time.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,14 @@ from .tokenization import CrystalTokenizationError, CrystalTokens
 from .utils import atomic_write_table, atomic_write_text, atomic_write_with
 
 
-__all__ = ["draw_space_groups", "sample_to_frame", "structures_from_token_strings", "write_samples"]
+__all__ = [
+    "crystals_to_frame",
+    "draw_space_groups",
+    "sample_crystals",
+    "sample_to_frame",
+    "structures_from_token_strings",
+    "write_samples",
+]
 
 
 def draw_space_groups(
@@ -39,53 +48,100 @@ def draw_space_groups(
     return rng.integers(1, NUM_SPACE_GROUPS + 1, size=num_samples)
 
 
-def sample_to_frame(model, space_groups: np.ndarray, batch_size: int = 500, progress: bool = True, **kwargs):
-    """Sample one crystal per entry of ``space_groups``; returns (table, seconds spent sampling)."""
-    rows, seconds = [], 0.0
+LOGP_KEYS = ("logp", "logp_w", "logp_a", "logp_xyz", "logp_l")
+
+
+def sample_crystals(
+    model, space_groups: Sequence[int] | np.ndarray, batch_size: int = 500, progress: bool = True, **kwargs
+) -> tuple[list[CrystalTokens], dict[str, np.ndarray], float]:
+    """Sample one crystal per entry of ``space_groups`` in batches (batch ``i`` seeded ``seed + i``).
+
+    Returns (the crystals, their log-likelihood terms ``logp, logp_w, logp_a, logp_xyz, logp_l`` as arrays,
+    seconds spent in the sampler). Other keyword arguments go to ``model.sample``.
+    """
+    crystals: list[CrystalTokens] = []
+    terms: dict[str, list[np.ndarray]] = {k: [] for k in LOGP_KEYS}
+    seconds = 0.0
     seed = kwargs.pop("seed", None)
     bar = tqdm(total=len(space_groups), desc="sampling", unit="crystal", disable=not progress)
     for index, start in enumerate(range(0, len(space_groups), batch_size)):
-        groups = torch.as_tensor(space_groups[start : start + batch_size])
+        groups = torch.as_tensor(np.asarray(space_groups[start : start + batch_size], dtype=np.int64))
         tic = time.perf_counter()
         with torch.no_grad():
             out = model.sample(space_group=groups, seed=None if seed is None else seed + index, **kwargs)
         seconds += time.perf_counter() - tic
-        arrays = {k: getattr(out, k).detach().cpu().numpy() for k in ("G", "W", "A", "XYZ", "L")}
-        terms = {k: getattr(out, k).detach().cpu().numpy() for k in ("logp", "logp_w", "logp_a", "logp_xyz", "logp_l")}
-        for i in range(len(groups)):
-            tokens = CrystalTokens(
-                int(arrays["G"][i]), arrays["W"][i], arrays["A"][i], arrays["XYZ"][i], arrays["L"][i]
-            )
-            row = {"id": f"sample-{start + i:06d}", "G": tokens.G, "num_sites": tokens.num_sites}
-            try:
-                row["tokens"] = tokens.to_string()
-                row["formula"] = tokens.formula
-                row["num_atoms"] = tokens.num_atoms
-            except (CrystalTokenizationError, ValueError, IndexError) as exc:
-                row["tokens"], row["error"] = None, str(exc)
-            row.update({k: float(v[i]) for k, v in terms.items()})
-            rows.append(row)
+        crystals += CrystalTokens.from_sampler_output(out)
+        for k in LOGP_KEYS:
+            terms[k].append(getattr(out, k).detach().cpu().numpy())
         bar.update(len(groups))
     bar.close()
-    if not rows:  # nothing sampled: still the columns every writer and reader expects
-        return pd.DataFrame(columns=["id", "G", "num_sites", "tokens", "formula", "num_atoms", "logp"]), seconds
-    return pd.DataFrame(rows), seconds
+    logps = {k: np.concatenate(v) if v else np.zeros(0) for k, v in terms.items()}
+    return crystals, logps, seconds
+
+
+def sample_to_frame(model, space_groups: np.ndarray, batch_size: int = 500, progress: bool = True, **kwargs):
+    """Sample one crystal per entry of ``space_groups``; returns (table, seconds spent sampling).
+
+    The table's rows are :func:`sample_crystals`' crystals, in order: ``sample-000000``, ``sample-000001``, ...
+    """
+    crystals, logps, seconds = sample_crystals(model, space_groups, batch_size, progress, **kwargs)
+    return crystals_to_frame(crystals, logps), seconds
+
+
+def crystals_to_frame(crystals: list[CrystalTokens], logps: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The samples table of :func:`sample_crystals`' output: id, G, token string, formula, log-likelihood terms."""
+    if not crystals:  # nothing sampled: still the columns every writer and reader expects
+        return pd.DataFrame(columns=["id", "G", "num_sites", "tokens", "formula", "num_atoms", "logp"])
+    rows = []
+    for i, tokens in enumerate(crystals):
+        row = {"id": f"sample-{i:06d}", "G": tokens.G, "num_sites": tokens.num_sites}
+        try:
+            row["tokens"] = tokens.to_string()
+            row["formula"] = tokens.formula
+            row["num_atoms"] = tokens.num_atoms
+        except (CrystalTokenizationError, ValueError, IndexError) as exc:
+            row["tokens"], row["error"] = None, str(exc)
+        row.update({k: float(v[i]) for k, v in logps.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def structures_from_token_strings(texts) -> list:
     """pymatgen structures of token strings; ``None`` where a string is missing or is no valid crystal."""
-    structures = []
-    for text in texts:
-        try:
-            structures.append(CrystalTokens.from_string(text).to_structure() if isinstance(text, str) else None)
-        except CrystalTokenizationError:
-            structures.append(None)
-    return structures
+    return [_structure_or_none(text) if isinstance(text, str) else None for text in texts]
 
 
-def write_samples(frame: pd.DataFrame, output_dir: Path, formats: list[str], seconds: float, settings: dict) -> dict:
+def _structure_or_none(crystal: CrystalTokens | str):
+    """The structure of tokens or of a token string, ``None`` if it is no valid crystal."""
+    try:
+        return (CrystalTokens.from_string(crystal) if isinstance(crystal, str) else crystal).to_structure()
+    except CrystalTokenizationError:
+        return None
+
+
+def write_samples(
+    frame: pd.DataFrame,
+    output_dir: Path,
+    formats: list[str],
+    seconds: float,
+    settings: dict,
+    crystals: list[CrystalTokens] | None = None,
+) -> dict:
+    """Write ``samples.csv``, ``cifs/`` and ``samples.extxyz`` (as ``formats`` asks) and the sampling metadata.
+
+    With ``crystals`` (the rows of ``frame``, e.g. from :func:`sample_crystals`) the files hold the sampled tokens
+    themselves; without, the table's token strings (6 decimals) are decoded. A row is ``valid_tokens`` when it has
+    a token string and its tokens decode.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
-    structures = structures_from_token_strings(frame["tokens"])
+    if crystals is None:
+        structures = structures_from_token_strings(frame["tokens"])
+    else:
+        if len(crystals) != len(frame):
+            raise ValueError(f"{len(crystals)} crystals for a table of {len(frame)} rows")
+        structures = [
+            _structure_or_none(c) if isinstance(text, str) else None for c, text in zip(crystals, frame["tokens"])
+        ]
     frame = frame.assign(valid_tokens=[s is not None for s in structures])
     written = {}
     if "csv" in formats:

@@ -123,7 +123,7 @@ def test_as_structure_accepts_completion_forms():
     assert as_structure({"structure": s}) is s
     assert as_structure(Tokens(s)) is s
     assert as_structure(s.as_dict()) == s
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="'NaCl': no such file"):  # InvalidStructureError, from the one converter
         as_structure("NaCl")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
+from ..tokenization import CrystalTokens, to_structure
 from ..utils import atomic_write_bytes, atomic_write_table, atomic_write_text
 
 
@@ -146,27 +148,22 @@ def _folder_metadata(path: Path) -> dict[str, Any]:
 
 
 def structure_from_record(value: Any, column: str) -> Structure:
-    """Build a structure from one table cell: CIF text, a pymatgen dict (or its JSON), or a token string."""
-    if isinstance(value, Structure):
-        return value
-    if column in ("tokens", TOKEN_ARRAYS):
+    """Build a structure from one table cell. The column decides only for token arrays (``G, W, A, XYZ, L``) and
+    the ``tokens`` column; every other cell (CIF text, a pymatgen dict or its JSON, a token string, ...) goes
+    through the package's one converter, :func:`crystalformer_rl.tokenization.to_structure`."""
+    if column in ("tokens", TOKEN_ARRAYS) and not isinstance(value, Structure):
         return tokens_from_record(value, column).to_structure()
-    if isinstance(value, dict):
-        return Structure.from_dict(value)
-    if not isinstance(value, str) or not value.strip():
+    if (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    ):
         raise ValueError(f"empty {column!r} cell")
-    text = value.strip()
-    if text.startswith("{"):
-        return Structure.from_dict(json.loads(text))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Structure.from_str(text, fmt="cif")
+    return to_structure(value)
 
 
 def tokens_from_record(value: Any, column: str):
     """``CrystalTokens`` from a token string, or from a row's G, W, A, XYZ, L arrays (as parquet returns them)."""
-    from ..tokenization import CrystalTokens
-
     if column == "tokens":
         return CrystalTokens.from_string(str(value))
     xyz = [np.asarray(v, dtype=float).reshape(3) for v in value["XYZ"]]

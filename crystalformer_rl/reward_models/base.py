@@ -27,6 +27,14 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Element, Structure
 
+from ..tokenization import to_structure
+
+
+# Completions become structures through the package's one converter (Structure, CrystalTokens, {"structure": ...},
+# pymatgen dict / JSON, token string, CIF text or path, ASE Atoms). CrystalTokens hand out their cached structure:
+# every reward sees the same object and must copy it before changing it.
+as_structure = to_structure
+
 
 logger = logging.getLogger(__name__)
 
@@ -64,30 +72,6 @@ class CallStats:
     @property
     def structures_per_second(self) -> float:
         return self.n / self.seconds if self.seconds > 0 else float("inf")
-
-
-def as_structure(obj: Any) -> Structure:
-    """Coerce a completion into a pymatgen ``Structure``.
-
-    Accepted: a ``Structure``; a mapping with a ``"structure"`` key (value itself coercible, or a pymatgen dict);
-    any object with a ``to_structure()`` method (e.g. the tokenizer's ``CrystalTokens``); an ASE ``Atoms``; a
-    pymatgen structure dict. Raises on anything else, the caller turns that into a :class:`Failure`.
-    """
-    if isinstance(obj, Structure):
-        return obj
-    if hasattr(obj, "to_structure") and callable(obj.to_structure):
-        return as_structure(obj.to_structure())
-    if isinstance(obj, dict):
-        if "structure" in obj:
-            return as_structure(obj["structure"])
-        if obj.get("@class") == "Structure" or {"lattice", "sites"} <= set(obj):
-            return Structure.from_dict(obj)
-        raise TypeError(f"dict completion without a 'structure' key (keys: {sorted(obj)[:8]})")
-    if type(obj).__name__ == "Atoms" and hasattr(obj, "get_cell"):
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        return AseAtomsAdaptor.get_structure(obj)
-    raise TypeError(f"cannot build a Structure from {type(obj).__name__}")
 
 
 def structure_fingerprint(structure: Structure, decimals: int = 4) -> str:

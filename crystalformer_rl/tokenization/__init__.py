@@ -1,4 +1,5 @@
-"""Crystal tokenization: CrystalTokenizer, CrystalTokens and the batch collator.
+"""Crystal tokenization: CrystalTokenizer, CrystalTokens, the batch collator and ``to_structure``, the package's one
+"anything -> Structure" converter.
 
 The Wyckoff tables (`crystalformer_rl.wyckoff`) and the crystallographic rules (`crystalformer_rl.crystallography`)
 are re-exported here for existing imports.
@@ -26,6 +27,7 @@ from .tokenization_crystalformer import (
     CrystalTokens,
     decode_tokens,
     expand_orbit,
+    to_structure,
 )
 
 
@@ -47,4 +49,5 @@ __all__ = [
     "expand_orbit",
     "model_to_physical_lattice",
     "physical_to_model_lattice",
+    "to_structure",
 ]

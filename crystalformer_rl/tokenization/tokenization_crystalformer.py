@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import reprlib
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -44,7 +45,27 @@ from .errors import (
 )
 
 
+if TYPE_CHECKING:
+    import torch
+    from pymatgen.core import Structure
+
+    BatchArray = np.ndarray | torch.Tensor
+
+
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+TOKEN_FIELDS = ("G", "W", "A", "XYZ", "L")
+# A CrystalFormer token string starts with its space group: "225-a-La-0-0-0-...-5.1-5.1-5.1-90-90-90".
+_TOKEN_STRING = re.compile(r"\d{1,3}-")
+
+
+class TokenBatch(Protocol):
+    """What :meth:`CrystalTokens.from_sampler_output` reads: batched token arrays, e.g. ``CrystalSamplerOutput``."""
+
+    G: BatchArray
+    W: BatchArray
+    A: BatchArray
+    XYZ: BatchArray
+    L: BatchArray
 
 
 def _format_number(value: float, decimals: int = 6) -> str:
@@ -57,6 +78,8 @@ class CrystalTokens:
     """One crystal in CrystalFormer's token layout, padded to ``n_max`` sites.
 
     ``L`` is in model space: lengths in Å divided by N^(1/3) and angles in radians (reference doc §1.5).
+    The decoded structure is cached (see :meth:`to_structure`); assigning a field clears the cache, changing an
+    array in place does not.
     """
 
     G: int
@@ -64,6 +87,30 @@ class CrystalTokens:
     A: np.ndarray  # (n_max,) int, atomic number, 0 = padding
     XYZ: np.ndarray  # (n_max, 3) float, fractional coordinates of the orbit representatives
     L: np.ndarray  # (6,) float
+    # The decoded Structure, or the CrystalTokenizationError decoding raised; None = not decoded yet.
+    _decoded: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in TOKEN_FIELDS:  # new tokens, so the cached structure is stale
+            object.__setattr__(self, "_decoded", None)
+        object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_batch(
+        cls, G: BatchArray, W: BatchArray, A: BatchArray, XYZ: BatchArray, L: BatchArray
+    ) -> list[CrystalTokens]:
+        """One ``CrystalTokens`` per row of batched arrays or tensors as the sampler returns them: G (B,),
+        W and A (B, n), XYZ (B, n, 3), L (B, 6). Rows are views of the (numpy) arrays, not copies."""
+        G, W, A, XYZ, L = (np.asarray(_to_numpy(x)) for x in (G, W, A, XYZ, L))
+        sizes = {len(x) for x in (G, W, A, XYZ, L)}
+        if len(sizes) != 1:
+            raise ValueError(f"G, W, A, XYZ, L disagree on the batch size: {[len(x) for x in (G, W, A, XYZ, L)]}")
+        return [cls(int(g), w, a, xyz, lat) for g, w, a, xyz, lat in zip(G, W, A, XYZ, L)]
+
+    @classmethod
+    def from_sampler_output(cls, output: TokenBatch) -> list[CrystalTokens]:
+        """:meth:`from_batch` of anything with batched ``G, W, A, XYZ, L`` (e.g. ``CrystalSamplerOutput``)."""
+        return cls.from_batch(output.G, output.W, output.A, output.XYZ, output.L)
 
     @property
     def n_max(self) -> int:
@@ -93,8 +140,19 @@ class CrystalTokens:
             counts[symbol] = counts.get(symbol, 0) + int(tables.mult[self.G - 1, w])
         return Composition(counts).formula
 
-    def to_structure(self):
-        return decode_tokens(self.G, self.W, self.A, self.XYZ, self.L)
+    def to_structure(self) -> Structure:
+        """The pymatgen ``Structure``, decoded once and cached: every caller (each reward, the trainer's metrics)
+        gets the same object, so copy it (``structure.copy()``) before changing it. Tokens that are no crystal
+        raise ``InvalidTokensError`` on every call."""
+        if self._decoded is None:
+            try:
+                decoded = decode_tokens(self.G, self.W, self.A, self.XYZ, self.L)
+            except CrystalTokenizationError as exc:
+                decoded = exc
+            object.__setattr__(self, "_decoded", decoded)
+        if isinstance(self._decoded, CrystalTokenizationError):
+            raise self._decoded.with_traceback(None)
+        return self._decoded
 
     def to_string(self, decimals: int = 6) -> str:
         """The paper's readable form, e.g. ``225-a-La-0-0-0-c-H-1/4-1/4-1/4-...-5.1-5.1-5.1-90-90-90``.
@@ -356,11 +414,10 @@ class CrystalTokenizer:
 
     def decode_batch(self, G, W, A, XYZ, L, skip_errors: bool = True) -> list:
         """Decode batched arrays or tensors (as returned by the sampler); bad rows become ``None``."""
-        G, W, A, XYZ, L = (np.asarray(_to_numpy(x)) for x in (G, W, A, XYZ, L))
         structures = []
-        for i in range(len(G)):
+        for tokens in CrystalTokens.from_batch(G, W, A, XYZ, L):
             try:
-                structures.append(decode_tokens(G[i], W[i], A[i], XYZ[i], L[i]))
+                structures.append(tokens.to_structure())
             except InvalidTokensError:
                 if not skip_errors:
                     raise
@@ -422,46 +479,111 @@ class CrystalTokenizer:
         return f"{type(self).__name__}({args})"
 
 
-def to_structure(crystal, name: str | None = None):
-    """Accept a pymatgen Structure, CIF text, a path to a CIF file, or a Structure dict (or its JSON)."""
+def to_structure(crystal: Any, name: str | None = None) -> Structure:
+    """The one "anything -> pymatgen Structure" converter of the package (tokenizer, rewards, evaluation).
+
+    Accepted: a ``Structure`` (returned as is); anything with a ``to_structure()`` method (``CrystalTokens``:
+    its cached structure, shared, so copy before changing it); a mapping with a ``"structure"`` key (its value,
+    converted again); a token row (``G, W, A, XYZ, L`` keys); a pymatgen Structure dict or its JSON; a
+    CrystalFormer token string (``225-a-La-0-0-0-...-5.1-5.1-5.1-90-90-90``); CIF text; a path to a CIF (or other
+    pymatgen-readable) file; an ASE ``Atoms``. Raises ``InvalidStructureError`` (or ``EmptyStructureError``) with
+    a one-line message naming the input and the reason; a token string that is no crystal raises
+    ``InvalidTokensError``.
+    """
     from pymatgen.core import Structure
 
     if isinstance(crystal, Structure):
         return crystal
-    label = name or "input"
-    if isinstance(crystal, dict):
+    if callable(getattr(crystal, "to_structure", None)):
+        return to_structure(crystal.to_structure(), name)
+    label = name or _describe(crystal)
+    if isinstance(crystal, Mapping):
+        if "structure" in crystal:
+            return to_structure(crystal["structure"], name)
+        if all(k in crystal for k in TOKEN_FIELDS):  # an unpadded token row, as stored in datasets
+            return CrystalTokens.from_dict(crystal).to_structure()
+        return _from_structure_dict(crystal, label, "dict")
+    if any(c.__name__ == "Atoms" for c in type(crystal).__mro__) and hasattr(crystal, "get_cell"):  # ASE, duck-typed
+        from pymatgen.io.ase import AseAtomsAdaptor
+
         try:
-            return Structure.from_dict(crystal)
-        except Exception as exc:
-            raise InvalidStructureError(f"{label}: not a pymatgen Structure dict ({exc})") from exc
-    if isinstance(crystal, str) and crystal.lstrip().startswith("{"):
+            return AseAtomsAdaptor.get_structure(crystal)
+        except Exception as exc:  # e.g. an Atoms without a cell
+            raise InvalidStructureError(
+                _one_line(f"{label}: unusable ASE Atoms ({type(exc).__name__}: {exc})")
+            ) from exc
+    if isinstance(crystal, os.PathLike):
+        return _from_file(Path(crystal), label)
+    if not isinstance(crystal, str):
+        raise InvalidStructureError(f"{label}: cannot read a structure from a {type(crystal).__name__}")
+    text = crystal.strip()
+    if not text:
+        raise InvalidStructureError(f"{label}: empty text")
+    if text.startswith("{"):
         try:
-            return Structure.from_dict(json.loads(crystal))
-        except Exception as exc:
-            raise InvalidStructureError(f"{label}: not a pymatgen Structure JSON ({exc})") from exc
-    if isinstance(crystal, os.PathLike) or (isinstance(crystal, str) and "\n" not in crystal.strip()):
-        path = Path(crystal)
+            data = json.loads(text)
+        except ValueError as exc:
+            raise InvalidStructureError(_one_line(f"{label}: not a pymatgen Structure JSON ({exc})")) from exc
+        if isinstance(data, Mapping) and "structure" in data:
+            return to_structure(data["structure"], name)
+        return _from_structure_dict(data, label, "JSON")
+    if "\n" not in text:  # one line: a file, else a token string
+        path = Path(text)
         try:
             is_file = path.is_file()
         except OSError:  # e.g. a name too long for the file system
             is_file = False
-        if not is_file:
-            raise InvalidStructureError(f"{path}: no such file (and not CIF text)")
-        try:
+        if is_file:
+            return _from_file(path, label)
+        if _TOKEN_STRING.match(text):
+            return CrystalTokens.from_string(text).to_structure()
+        raise InvalidStructureError(f"{label}: no such file (and not CIF text or a token string)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Structure.from_str(text, fmt="cif")
+    except Exception as exc:
+        if "no structures" in str(exc) and "_cell_length_a" in text and "_atom_site" not in text:
+            raise EmptyStructureError(f"{label}: the CIF has a cell but no atom sites") from exc
+        raise InvalidStructureError(_one_line(f"{label}: unparsable CIF ({type(exc).__name__}: {exc})")) from exc
+
+
+def _from_structure_dict(data: Any, label: str, what: str) -> Structure:
+    from pymatgen.core import Structure
+
+    try:
+        return Structure.from_dict(data)
+    except Exception as exc:
+        keys = f"keys {sorted(map(str, data))[:8]}" if isinstance(data, Mapping) else type(data).__name__
+        raise InvalidStructureError(
+            _one_line(f"{label}: not a pymatgen Structure {what} and no 'structure' key ({keys}; {exc!r})")
+        ) from exc
+
+
+def _from_file(path: Path, label: str) -> Structure:
+    from pymatgen.core import Structure
+
+    if not path.is_file():
+        raise InvalidStructureError(f"{label}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return Structure.from_file(path)
-        except Exception as exc:
-            raise InvalidStructureError(f"{path}: unparsable structure file ({exc})") from exc
-    if isinstance(crystal, str):
-        text = crystal.strip()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return Structure.from_str(text, fmt="cif")
-        except Exception as exc:
-            if "no structures" in str(exc) and "_cell_length_a" in text and "_atom_site" not in text:
-                raise EmptyStructureError(f"{label}: the CIF has a cell but no atom sites") from exc
-            raise InvalidStructureError(f"{label}: unparsable CIF ({type(exc).__name__}: {exc})") from exc
-    raise InvalidStructureError(f"{label}: cannot read a structure from a {type(crystal).__name__}")
+    except Exception as exc:
+        raise InvalidStructureError(_one_line(f"{label}: unparsable structure file ({exc})")) from exc
+
+
+def _describe(crystal: Any) -> str:
+    """A short one-line name of an input for error messages: a text's first line (shortened), else a bounded repr."""
+    if isinstance(crystal, (str, os.PathLike)):
+        text = str(crystal).strip()
+        first = text.splitlines()[0] if text else ""
+        return repr(first if len(first) <= 60 else first[:57] + "...")
+    return _one_line(reprlib.repr(crystal))
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def _atomic_number(specie, label: str) -> int:
@@ -517,4 +639,5 @@ __all__ = [
     "CrystalTokens",
     "decode_tokens",
     "expand_orbit",
+    "to_structure",
 ]

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from .. import sampling
 from ..tokenization import CrystalTokenizationError, CrystalTokenizer, CrystalTokens
 from ..utils import atomic_write_table, atomic_write_text
 
@@ -151,13 +151,10 @@ def sample_crystals(
     """One crystal per entry of ``space_groups``, drawn by the model in eval mode (reproducible from ``seed``)."""
     was_training = model.training
     model.eval()
-    crystals = []
     try:
-        for index, start in enumerate(range(0, len(space_groups), batch_size)):
-            groups = torch.as_tensor(np.asarray(space_groups[start : start + batch_size], dtype=np.int64))
-            out = model.sample(space_group=groups, seed=seed + index, **sample_kwargs)
-            arrays = [getattr(out, k).detach().cpu().numpy() for k in TOKEN_KEYS]
-            crystals += [CrystalTokens(int(g), w, a, xyz, lat) for g, w, a, xyz, lat in zip(*arrays)]
+        crystals, _, _ = sampling.sample_crystals(
+            model, space_groups, batch_size=batch_size, progress=False, seed=seed, **sample_kwargs
+        )
     finally:
         model.train(was_training)
     return crystals
