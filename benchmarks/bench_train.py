@@ -34,8 +34,8 @@ from crystalformer_rl.data import DEFAULT_TRAIN_DATA
 from crystalformer_rl.modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration
 from crystalformer_rl.tokenization import CrystalTokenizer
 from crystalformer_rl.trainers import CrystalPretrainConfig, CrystalPretrainer, PaddingCollator
-from crystalformer_rl.trainers.commands import MODEL_SIZES
 from crystalformer_rl.trainers.pretrain_trainer import TERMS
+from crystalformer_rl.trainers.utils import MODEL_SIZES
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

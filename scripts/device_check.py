@@ -57,11 +57,11 @@ ACCELERATE_CONFIGS = {
     "rl_accelerate": "configs/accelerate/single_gpu.yaml",
     "rl_deepspeed_zero2": "configs/accelerate/deepspeed_zero2.yaml",
 }
-# The tests that can meet a GPU: the model and sampler, the trainers' device options, the device rule. Deselected:
-# the tests asserting that "auto" lands on the CPU, true only without CUDA.
+# The tests that can meet a GPU: the model and sampler, the trainers' device options, the device rule (its model
+# tests assert that "auto" lands where `resolve_device("auto")` says, the GPU here).
 GPU_TESTS = (
     "tests/test_modeling_crystalformer.py tests/test_sampling.py tests/test_trainer_precision.py "
-    "tests/test_devices.py -m 'not slow' -k 'not on_auto_device and not passes_device_to_its_potentials'"
+    "tests/test_devices.py -m 'not slow'"
 )
 CPU_TESTS = "tests/test_trainer_precision.py"  # CI runs the whole suite anyway: keep this short
 
@@ -546,7 +546,7 @@ def rl_model(size: str, workdir: Path) -> Path:
         import torch
 
         from crystalformer_rl.modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration
-        from crystalformer_rl.trainers.commands import MODEL_SIZES
+        from crystalformer_rl.trainers.utils import MODEL_SIZES
 
         torch.manual_seed(0)
         CrystalFormerForCrystalGeneration(CrystalFormerConfig(**MODEL_SIZES[size])).save_pretrained(folder)

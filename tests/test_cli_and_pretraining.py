@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from crystalformer_rl.cli import build_parser, main
+from crystalformer_rl.commands import build_parser, main
+from crystalformer_rl.commands.train import load_reward
 from crystalformer_rl.modeling_crystalformer import CrystalFormerForCrystalGeneration
-from crystalformer_rl.pretrained import load_model
+from crystalformer_rl.pretrained import load_model, space_group_distribution
 from crystalformer_rl.tokenization import CrystalTokens
-from crystalformer_rl.trainers.commands import load_reward, training_space_groups
+from crystalformer_rl.trainers.utils import training_space_groups
 from tests.helpers.rl_toy import tiny_model
 
 
@@ -70,7 +71,7 @@ def test_pretrain_command_trains_validates_checkpoints_and_resumes(token_parquet
     assert (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists()
     assert json.loads((out / "space_group_distribution.json").read_text())
     assert (out / "loss_curves.png").stat().st_size > 1000
-    from crystalformer_rl.trainers.commands import run_pretrain
+    from crystalformer_rl.commands.train import run_pretrain
 
     resumed = run_pretrain([*common, "--max_steps", "8", "--resume_from_checkpoint", str(out / "checkpoint-4")])
     history = resumed.state.log_history
@@ -143,6 +144,9 @@ def test_rl_command_from_a_yaml_config(tiny_folder, tmp_path):
     assert main(["rl", "--config", str(path)]) == 0
     out = tmp_path / "rl"
     assert (out / "model.safetensors").exists() and (out / "checkpoint-3" / "ema_baseline.json").exists()
+    # a checkpoint is a model folder like the final one: it draws the base model's space groups when sampled
+    for folder in (out, out / "checkpoint-3"):
+        assert space_group_distribution(folder) == {225: 3, 14: 1}
     assert (out / "rl_curves.png").stat().st_size > 1000
     card = (out / "README.md").read_text()
     assert str(tiny_folder) in card and "anion_fraction" in card
@@ -152,8 +156,8 @@ def test_rl_command_from_a_yaml_config(tiny_folder, tmp_path):
 def test_shipped_configs_parse():
     from trl import TrlParser
 
+    from crystalformer_rl.commands.train import RLScriptArguments
     from crystalformer_rl.trainers import CrystalRLConfig
-    from crystalformer_rl.trainers.commands import RLScriptArguments
 
     for name, tau in (("rl_ehull.yaml", 0.1), ("rl_dielectric.yaml", 2.0)):
         script, config = TrlParser((RLScriptArguments, CrystalRLConfig)).parse_args_and_config(
@@ -204,7 +208,7 @@ def test_help_lists_every_command():
 
 def test_sft_baseline_keeps_low_ehull_crystals_and_fine_tunes(tiny_folder, tmp_path):
     """Sample → (relax) → keep E_hull < 0.1 → fine-tune; a cheap E_hull stands in for the potential here."""
-    from crystalformer_rl.trainers.sft import run_sft
+    from crystalformer_rl.commands.train import run_sft
 
     def fake_ehull(structures):  # every other crystal "stable"
         return [0.0 if i % 2 == 0 else 1.0 for i, _ in enumerate(structures)]
@@ -275,7 +279,7 @@ def test_a_short_prompt_list_fills_whole_batches():
     """`--prompts 225` (one row) once gave an empty epoch and an RL run of 0 steps; repeats keep the proportions."""
     from types import SimpleNamespace
 
-    from crystalformer_rl.trainers.commands import fill_prompts
+    from crystalformer_rl.trainers.utils import fill_prompts
 
     config = SimpleNamespace(per_device_train_batch_size=100, gradient_accumulation_steps=1)
     filled = fill_prompts([225], config)

@@ -1,13 +1,13 @@
 """Command-line errors: one line naming the input and the fix, exit status 2, no traceback (``--debug`` keeps it).
 
-Every case runs ``crystalformer_rl.cli.main`` in-process and fails before any model runs, so each takes seconds.
+Every case runs ``crystalformer_rl.commands.main`` in-process and fails before any model runs, so each takes seconds.
 The tests run offline (``tests/conftest.py`` sets ``HF_HUB_OFFLINE=1``).
 """
 
 import pandas as pd
 import pytest
 
-from crystalformer_rl.cli import main
+from crystalformer_rl.commands import main
 from crystalformer_rl.pretrained import ModelNotFoundError
 from tests.helpers.rl_toy import tiny_model
 
@@ -37,12 +37,12 @@ def tiny_folder(tmp_path_factory):
 # ----------------------------------------------------------------------------------------------- sample
 def test_sample_space_group_out_of_range(capsys, tmp_path):
     code, lines = run_cli(["sample", "-g", "231", "-o", str(tmp_path)], capsys)
-    assert_one_line(code, lines, "crystalformer-rl sample: error:", "--space-group", "231", "1..230")
+    assert_one_line(code, lines, "crystalformer-rl sample: error:", "--space_group", "231", "1..230")
 
 
 def test_sample_zero_samples(capsys, tmp_path):
     code, lines = run_cli(["sample", "-n", "0", "-o", str(tmp_path)], capsys)
-    assert_one_line(code, lines, "--num-samples", "0", "at least 1")
+    assert_one_line(code, lines, "--num_samples", "0", "at least 1")
 
 
 def test_sample_unknown_element(capsys, tmp_path):
@@ -74,7 +74,7 @@ def test_sample_zero_rows_api_keeps_the_columns(tiny_folder):
     import numpy as np
 
     from crystalformer_rl.pretrained import load_model
-    from crystalformer_rl.sample import sample_to_frame
+    from crystalformer_rl.sampling import sample_to_frame
 
     frame, _ = sample_to_frame(load_model(tiny_folder), np.zeros(0, dtype=np.int64), progress=False)
     assert len(frame) == 0 and "tokens" in frame.columns
@@ -91,7 +91,7 @@ def test_evaluate_missing_input(capsys, tmp_path):
 def test_evaluate_unknown_reference_hub_id_offline(capsys, tmp_path):
     samples = tmp_path / "samples.csv"
     pd.DataFrame({"tokens": ["225-a-Na-0-0-0-b-Cl-1/2-1/2-1/2-5.64-5.64-5.64-90-90-90"]}).to_csv(samples)
-    argv = ["evaluate", str(samples), "--reference", "nobody/no-such-dataset", "--no-stability", "--no-progress"]
+    argv = ["evaluate", str(samples), "--reference", "nobody/no-such-dataset", "--no_stability", "--no_progress"]
     code, lines = run_cli([*argv, "-o", str(tmp_path / "eval")], capsys)
     assert_one_line(code, lines, "reference nobody/no-such-dataset", "offline")
     code, lines = run_cli([*argv[:3], str(tmp_path / "missing.parquet"), *argv[4:]], capsys)
@@ -125,7 +125,7 @@ class _Stop(Exception):
 def test_rl_accepts_resume_from_checkpoint(tiny_folder, tmp_path, monkeypatch):
     """``rl --resume_from_checkpoint`` reaches ``Trainer.train`` (it was ignored: only ``--resume`` worked)."""
     import crystalformer_rl.trainers.crystal_rloo_trainer as rloo
-    from crystalformer_rl.trainers.commands import run_rl
+    from crystalformer_rl.commands.train import run_rl
 
     seen = {}
 

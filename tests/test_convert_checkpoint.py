@@ -17,14 +17,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from crystalformer_rl.commands import main  # noqa: E402
+from crystalformer_rl.commands.convert import run_convert  # noqa: E402
 from crystalformer_rl.modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration  # noqa: E402
 from crystalformer_rl.modeling_crystalformer.convert_crystalformer_checkpoint import (  # noqa: E402
-    add_convert_arguments,
     haiku_to_torch_names,
     infer_config,
     load_checkpoint_pickle,
-    main,
-    run_convert,
 )
 
 
@@ -243,15 +242,11 @@ def test_loads_from_a_prefilled_hub_cache_offline(tmp_path, monkeypatch):
 
 @needs_parity_fixture
 def test_convert_command_line(tmp_path):
-    import argparse
-
     config_path = tmp_path / "reference_config.json"
     config_path.write_text((PARITY / "config.json").read_text())
-    parser = add_convert_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(
-        [str(PARITY / "checkpoint.pkl"), "--output-dir", str(tmp_path / "out"), "--config", str(config_path)]
+    model = run_convert(
+        [str(PARITY / "checkpoint.pkl"), "--output_dir", str(tmp_path / "out"), "--config", str(config_path)]
     )
-    model = run_convert(args)
     assert (tmp_path / "out" / "model.safetensors").exists()
     reloaded = CrystalFormerForCrystalGeneration.from_pretrained(tmp_path / "out")
     assert reloaded.config.num_attention_heads == 4 and reloaded.config.head_dim == 16
@@ -262,11 +257,12 @@ def test_convert_command_line(tmp_path):
     # overrides on the command line, and main()
     main(
         [
+            "convert",
             str(PARITY / "checkpoint.pkl"),
             str(tmp_path / "out2"),
-            "--num-heads",
+            "--num_heads",
             "4",
-            "--key-size",
+            "--key_size",
             "16",
             "--dtype",
             "float64",
@@ -277,11 +273,11 @@ def test_convert_command_line(tmp_path):
 
 def test_module_is_runnable():
     result = subprocess.run(
-        [sys.executable, "-m", "crystalformer_rl.modeling_crystalformer.convert_crystalformer_checkpoint", "--help"],
+        [sys.executable, "-m", "crystalformer_rl.cli", "convert", "--help"],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[1],
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "--output-dir" in result.stdout
+    assert "--output_dir" in result.stdout

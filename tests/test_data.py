@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from crystalformer_rl.cli import main as cli_main
+from crystalformer_rl.commands import main as cli_main
 from crystalformer_rl.data import load_crystal_dataset, load_prepared, prepare_data
 from crystalformer_rl.tokenization import CrystalCollator, CrystalTokenizer, CrystalTokens, TooManySitesError
 
@@ -102,6 +102,6 @@ def test_missing_structure_column_is_a_clear_error(tmp_path):
 
 
 def test_cli_prepare_data(mixed_csv, tmp_path, capsys):
-    assert cli_main(["prepare-data", str(mixed_csv), str(tmp_path / "cli"), "--num-proc", "1", "--limit", "6"]) == 0
+    assert cli_main(["prepare-data", str(mixed_csv), str(tmp_path / "cli"), "--num_proc", "1", "--limit", "6"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["encoded"] + summary["failed"] == 6

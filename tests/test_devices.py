@@ -1,7 +1,7 @@
 """Device selection of reward and energy models: the one rule (`resolve_device`) and that every model follows it.
 
 This machine has no GPU, so the CUDA branch of the rule is tested with torch.cuda's answers patched; the models
-themselves are checked to land on the CPU with the default ``device="auto"``.
+themselves are checked to land where the rule sends ``device="auto"`` (the CPU here, the rank's GPU on a GPU host).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from crystalformer_rl.cli import UsageError
 from crystalformer_rl.devices import DeviceError, rank_cuda_index, resolve_device
+from crystalformer_rl.errors import UsageError
 from crystalformer_rl.reward_models import (
     MACEEnergyModel,
     MatterSimEnergyModel,
@@ -27,6 +27,7 @@ from crystalformer_rl.reward_models import (
 
 MATGL = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "matgl"
 CPU = torch.device("cpu")
+AUTO = resolve_device("auto")  # where the models must land: the CPU here, the GPU of a GPU host
 
 
 def nacl() -> Structure:
@@ -118,7 +119,7 @@ def test_chgnet_on_auto_device(name):
     from crystalformer_rl.reward_models import CHGNetEnergyModel
 
     model = CHGNetEnergyModel(name)
-    assert model.device == CPU and module_device(model.model) == CPU
+    assert model.device == AUTO and module_device(model.model) == AUTO
     assert model.ase_calculator().device == "cpu"
     assert CHGNetEnergyModel(name, device=torch.device("cpu")).model is model.model  # one copy per device
     ((energy, forces, stress),) = model.predict_efs([nacl()])
@@ -147,7 +148,7 @@ def test_matgl_potential_on_auto_device(folder):
     if not (MATGL / folder).exists():
         pytest.skip("shared matgl models missing")
     model = load_energy_model(MATGL / folder)
-    assert model.device == CPU and module_device(model.potential) == CPU
+    assert model.device == AUTO and module_device(model.potential) == AUTO
     (energy,) = model.predict_energies([nacl()])
     assert math.isfinite(energy)
 
@@ -155,15 +156,15 @@ def test_matgl_potential_on_auto_device(folder):
 @pytest.mark.skipif(importlib.util.find_spec("sevenn") is None, reason="sevenn not installed")
 def test_sevennet_on_auto_device():
     model = load_energy_model("7net-0")
-    assert model.device == CPU and model.calculator.device == CPU
-    assert module_device(model.calculator.model) == CPU
+    assert model.device == AUTO and model.calculator.device == AUTO
+    assert module_device(model.calculator.model) == AUTO
 
 
 def test_band_gap_on_auto_device():
     from crystalformer_rl.reward_models import BandGapReward
 
     reward = BandGapReward()
-    assert reward.device == CPU and module_device(reward.model.model) == CPU
+    assert reward.device == AUTO and module_device(reward.model.model) == AUTO
     assert BandGapReward(device="cpu").model is reward.model  # the shipped model is shared per device
     (gap,) = reward.compute([nacl()])
     assert gap > 3
@@ -173,20 +174,20 @@ def test_dielectric_on_auto_device():
     from crystalformer_rl.reward_models import DielectricReward, FigureOfMeritReward
 
     reward = DielectricReward()
-    assert reward.device == CPU and module_device(reward.model) == CPU
-    assert reward.featurizer.device == CPU and reward.band_gap.device == CPU
+    assert reward.device == AUTO and module_device(reward.model) == AUTO
+    assert reward.featurizer.device == AUTO and reward.band_gap.device == AUTO
     (eps,) = reward.compute([nacl()])
     assert 1 < eps < 10
     fom = FigureOfMeritReward(device="cpu")
-    assert fom.dielectric.device == fom.band_gap.device == CPU
+    assert fom.dielectric.device == fom.band_gap.device == AUTO
 
 
 def test_ehull_passes_device_to_its_potentials():
     from crystalformer_rl.reward_models import EhullReward, StabilityReward
 
     reward = EhullReward(device="auto")
-    assert reward.device == CPU and reward.calculator.device == CPU
-    assert reward.fallback is not None and reward.fallback.device == CPU
+    assert reward.device == AUTO and reward.calculator.device == AUTO
+    assert reward.fallback is not None and reward.fallback.device == AUTO
     assert StabilityReward(device="cpu").children[0].device == CPU
 
 

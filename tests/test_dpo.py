@@ -246,7 +246,7 @@ def test_resume_lands_on_the_parameters_of_an_uninterrupted_run(real_pairs, tmp_
 
 def test_dpo_command_builds_pairs_trains_and_writes_its_outputs(tmp_path):
     """The CLI end to end on a tiny model and a cheap reward (no potential): pairs, split, training, files."""
-    from crystalformer_rl.trainers.commands import run_dpo
+    from crystalformer_rl.commands.train import run_dpo
 
     tiny_model().save_pretrained(tmp_path / "tiny")
     out = tmp_path / "run"
@@ -291,7 +291,7 @@ def cell_edge_reward(prompts, completions, **kwargs):
 
 
 def test_dpo_command_reports_bad_options_in_one_line(tmp_path):
-    from crystalformer_rl.cli import main
+    from crystalformer_rl.commands import main
 
     assert main(["dpo", "--loss_type", "ipo", "--label_smoothing", "0.1", "--output_dir", str(tmp_path)]) == 2
     assert main(["dpo", "--pairs", str(tmp_path / "missing.csv"), "--output_dir", str(tmp_path)]) == 2

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from crystalformer_rl.commands.evaluate import run_evaluate
 from crystalformer_rl.evaluation import (
     ReferenceIndex,
-    add_evaluate_arguments,
     check_composition_validity,
     check_structure_validity,
     composition_validity,
@@ -26,7 +26,6 @@ from crystalformer_rl.evaluation import (
     plot_ehull_histogram,
     plot_property_scatter,
     plot_space_group_bars,
-    run_evaluate,
     structure_validity,
 )
 
@@ -290,29 +289,25 @@ def test_cli_writes_table_summary_and_plots(val, tmp_path, monkeypatch):
     previous = tmp_path / "base.csv"
     pd.DataFrame({"e_hull": rng.uniform(0, 1, 50)}).to_csv(previous, index=False)
 
-    from crystalformer_rl import cli
+    from crystalformer_rl import commands as cli
 
-    if "evaluate" in cli.COMMANDS:  # once registered, the command line parses the same arguments
-        parser = cli.build_parser()
-        prefix = ["evaluate"]
-    else:
-        parser, prefix = add_evaluate_arguments(argparse.ArgumentParser()), []
+    parser, prefix = cli.build_parser(), ["evaluate"]
     args = parser.parse_args(
         prefix
         + [
             str(path),
-            "--output-dir",
+            "--output_dir",
             str(tmp_path / "out"),
             "--reference",
             str(PILOT / "train.csv.gz"),
-            "--sampling-seconds",
+            "--sampling_seconds",
             "7",
             "--compare",
             f"base={previous}",
             "--scatter",
             "band_gap",
             "formation_energy_per_atom",
-            "--no-progress",
+            "--no_progress",
         ]
     )
     summary = run_evaluate(args)
@@ -450,11 +445,11 @@ def test_evaluate_cli_defaults_to_the_models_reference(tmp_path):
     """No --reference: the sampling model's own reference_corpus file, else the shipped corpus (not 'skipped')."""
     from datasets import Dataset
 
-    from crystalformer_rl import cli
+    from crystalformer_rl import commands as cli
     from crystalformer_rl.evaluation import DEFAULT_REFERENCE
     from crystalformer_rl.pretrained import model_reference
     from crystalformer_rl.tokenization import CrystalTokens
-    from crystalformer_rl.trainers.commands import write_model_reference
+    from crystalformer_rl.trainers.utils import write_model_reference
 
     corpus = _corpus_sample(3)
     nacl_xe = "225-a-Na-0-0-0-b-Xe-1/2-1/2-1/2-5.64-5.64-5.64-90-90-90"  # NaXe: a composition the corpus lacks
@@ -465,7 +460,7 @@ def test_evaluate_cli_defaults_to_the_models_reference(tmp_path):
 
     def evaluate(out):
         args = cli.build_parser().parse_args(
-            ["evaluate", str(path), "-o", str(out), "--no-stability", "--no-progress"]
+            ["evaluate", str(path), "-o", str(out), "--no_stability", "--no_progress"]
         )
         return run_evaluate(args)
 
@@ -598,7 +593,7 @@ def test_both_sun_rules_and_the_space_group_table(train, val_structures, referen
 
 
 def test_sampling_seconds_scale_with_limit():
-    from crystalformer_rl.evaluation.evaluate import _sampling_seconds
+    from crystalformer_rl.commands.evaluate import _sampling_seconds
     from crystalformer_rl.evaluation.io import LoadedCrystals
 
     loaded = LoadedCrystals(

@@ -342,7 +342,7 @@ def test_sun_config_matches_the_stability_config():
     differ = {k for k in set(base) | set(sun) if base.get(k) != sun.get(k)}
     assert differ == {"rewards", "reward_kwargs", "output_dir"}  # same budget, seeds and settings
     (name,) = sun["rewards"]
-    from crystalformer_rl.trainers.commands import REWARDS
+    from crystalformer_rl.commands.train import REWARDS
 
     module, attr = REWARDS[name].split(":")
     assert getattr(importlib.import_module(module), attr) is SUNReward
@@ -360,8 +360,8 @@ def test_sun_config_matches_the_stability_config():
 def test_sun_config_parses():
     from trl import TrlParser
 
+    from crystalformer_rl.commands.train import RLScriptArguments
     from crystalformer_rl.trainers import CrystalRLConfig
-    from crystalformer_rl.trainers.commands import RLScriptArguments
 
     for name in (
         "rl_ehull_sun.yaml",
@@ -379,10 +379,10 @@ def test_sun_config_parses():
 @pytest.mark.slow
 def test_sun_reward_from_the_config_with_the_real_ehull():
     """Built as `crystalformer-rl rl` builds it: the default EhullReward and the shipped corpus."""
+    from crystalformer_rl.commands.train import load_reward
     from crystalformer_rl.pretrained import SHIPPED_REFERENCE
     from crystalformer_rl.reward_models import EhullReward
     from crystalformer_rl.tokenization import CrystalTokens
-    from crystalformer_rl.trainers.commands import load_reward
 
     sun = yaml.safe_load((REPO / "configs" / "rl_ehull_sun.yaml").read_text())
     (name,) = sun["rewards"]

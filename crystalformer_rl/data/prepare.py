@@ -215,31 +215,3 @@ def load_prepared(output_dir: str | os.PathLike, streaming: bool = False):
     if not files:
         raise FileNotFoundError(f"{output_dir}: no prepared shards (run `crystalformer-rl prepare-data` first)")
     return load_dataset("parquet", data_files=files, split="train", streaming=streaming)
-
-
-def add_prepare_data_arguments(parser) -> None:
-    parser.add_argument("source", help="Hub dataset id (e.g. zdcao/alex-20) or a local CSV / parquet / JSON file")
-    parser.add_argument("output_dir", help="folder for the token shards, failures.csv and summary.json")
-    parser.add_argument("--split", default="train", help="dataset split for Hub datasets (default: train)")
-    parser.add_argument("--streaming", action="store_true", help="stream rows instead of downloading first")
-    parser.add_argument("--num-proc", type=int, default=max(1, (os.cpu_count() or 1)), help="worker processes")
-    parser.add_argument("--shard-size", type=int, default=2000, help="rows per output shard (the resume unit)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
-    parser.add_argument("--n-max", type=int, default=21, help="maximum number of sites + 1 (reference: 21)")
-    parser.add_argument("--no-structure", action="store_true", help="do not copy the structure column")
-
-
-def run_prepare_data(args) -> dict[str, Any]:
-    summary = prepare_data(
-        args.source,
-        args.output_dir,
-        split=args.split,
-        streaming=args.streaming,
-        tokenizer=CrystalTokenizer(n_max=args.n_max),
-        num_proc=args.num_proc,
-        shard_size=args.shard_size,
-        limit=args.limit,
-        keep_structure=not args.no_structure,
-    )
-    print(json.dumps(summary, indent=2))
-    return summary

@@ -4,7 +4,7 @@ Typical use::
 
     from crystalformer_rl.evaluation import evaluate_crystals
 
-    result = evaluate_crystals("samples.csv", reference="data/corpus/train.parquet", relax=True)
+    result = evaluate_crystals("samples.csv", reference="train.parquet", relax=True)
     result.save("eval/")            # structures.csv / .parquet, space_groups.csv, summary.json, plots
     print(result.summary["frac_sun_relaxed"], result.summary["frac_sun_unrelaxed"], result.summary["sun_per_second"])
     result.by_space_group           # counts and rates per space group (paper Fig. 4)
@@ -15,10 +15,8 @@ The metrics, thresholds and both S.U.N. rules are defined in ``docs/evaluation.m
 from .evaluate import (
     DEFAULT_REFERENCE,
     EvaluationResult,
-    add_evaluate_arguments,
     evaluate_crystals,
     evaluate_structures,
-    run_evaluate,
     space_group_table,
     summarize,
 )
@@ -39,7 +37,6 @@ __all__ = [
     "EvaluationResult",
     "LoadedCrystals",
     "ReferenceIndex",
-    "add_evaluate_arguments",
     "check_composition_validity",
     "check_structure_validity",
     "composition_validity",
@@ -57,7 +54,6 @@ __all__ = [
     "plot_space_group_rates",
     "reduced_formula",
     "relax_structures",
-    "run_evaluate",
     "space_group_number",
     "space_group_table",
     "structure_validity",

@@ -30,12 +30,12 @@ The reference defaults to the training crystals of the model that sampled the in
 ``samples.csv.meta.json``): a model folder's own ``reference_corpus.*``, and for the embedded model the corpus
 shipped with the package (:data:`DEFAULT_REFERENCE`); crystals of unknown origin are compared with the latter.
 
-Command line: ``crystalformer-rl evaluate samples.csv --output-dir eval/ [--relax]``.
+Command line: ``crystalformer-rl evaluate samples.csv --output_dir eval/ [--relax]``
+(:mod:`crystalformer_rl.commands.evaluate`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -52,9 +52,8 @@ import pandas as pd
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from ..errors import UsageError
 from ..pretrained import SHIPPED_REFERENCE, model_reference
-from .io import LoadedCrystals, atomic_write_table, atomic_write_text, load_crystals, read_table
+from .io import LoadedCrystals, atomic_write_table, atomic_write_text, load_crystals
 from .matching import ReferenceIndex, deduplicate, novelty_checks, reduced_formula, space_group_number
 from .stability import (
     EhullFn,
@@ -73,11 +72,9 @@ __all__ = [
     "DEFAULT_REFERENCE",
     "EvaluationResult",
     "ReferenceChoice",
-    "add_evaluate_arguments",
     "default_reference",
     "evaluate_crystals",
     "evaluate_structures",
-    "run_evaluate",
     "space_group_table",
     "summarize",
 ]
@@ -597,88 +594,6 @@ def evaluate_crystals(
     return evaluate_structures(loaded, progress=progress, **kwargs)
 
 
-# ------------------------------------------------------------------------------------------------- CLI
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``crystalformer-rl evaluate``."""
-    parser.add_argument(
-        "input",
-        help="crystals to evaluate: a folder of CIFs, an extxyz file, or a CSV/parquet/JSON table with a "
-        "'cif', 'structure' or 'tokens' column",
-    )
-    parser.add_argument("--column", default=None, help="table column holding the crystals (default: auto)")
-    parser.add_argument("--output-dir", "-o", default="evaluation", help="where the table, summary and plots go")
-    parser.add_argument(
-        "--reference",
-        default=None,
-        help="reference crystals for novelty: a table (CSV/parquet/JSON with a cif, structure or tokens column, or "
-        "token arrays), a folder of CIFs, or a datasets Hub id (owner/name[:split]); default: the sampling model's "
-        "training crystals (a model folder's reference_corpus.*, the shipped corpus for the embedded model)",
-    )
-    parser.add_argument("--reference-column", default=None, help="crystal column of the reference table")
-    parser.add_argument("--no-novelty", action="store_true", help="skip novelty (and S.U.N.)")
-    parser.add_argument(
-        "--same-space-group", action="store_true", help="novelty compares only references of the same space group"
-    )
-    parser.add_argument("--no-stability", action="store_true", help="skip E_hull (and stability, S.U.N.)")
-    parser.add_argument(
-        "--calculator",
-        default=None,
-        help="energy model of EhullReward (e.g. chgnet-r2scan, chgnet-0.3.0, 7net-0, a matgl folder; default: its own)",
-    )
-    parser.add_argument(
-        "--hull", default=None, help="reference hull file for EhullReward (default: its shipped MP hull)"
-    )
-    parser.add_argument(
-        "--hull-energy-scale", default="gga_mp2020", help="energy scale of --hull (r2scan, gga_mp2020, ...)"
-    )
-    parser.add_argument("--relax", action="store_true", help="relax with the MLIP before judging stability")
-    parser.add_argument("--fmax", type=float, default=0.1, help="relaxation force threshold (eV/Å)")
-    parser.add_argument("--steps", type=int, default=500, help="maximum relaxation steps")
-    parser.add_argument("--ehull-threshold", type=float, default=0.1, help="stable: E_hull <= this (eV/atom)")
-    parser.add_argument(
-        "--sampling-seconds",
-        type=float,
-        default=None,
-        help="wall time spent sampling, for S.U.N. per second (default: from the input's metadata if any)",
-    )
-    parser.add_argument("--symprec", type=float, default=0.1, help="spglib tolerance of the space-group column")
-    parser.add_argument(
-        "--space-group-column",
-        default=None,
-        help="column of the per-space-group table space_groups.csv (default: G, the space group the sampler was "
-        "asked for, when the input has it, else space_group, detected by spglib)",
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="structures per E_hull call")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N crystals")
-    parser.add_argument("--label", default=None, help="name of this model in the plots (default: input name)")
-    parser.add_argument(
-        "--compare",
-        action="append",
-        default=[],
-        metavar="LABEL=TABLE",
-        help="overlay the E_hull histogram of another evaluation's structures.csv/parquet (repeatable)",
-    )
-    parser.add_argument(
-        "--scatter",
-        nargs=2,
-        metavar=("X", "Y"),
-        default=None,
-        help="also plot a scatter of two numeric columns of the table (e.g. properties carried by the input)",
-    )
-    parser.add_argument(
-        "--format", choices=("csv", "parquet", "both"), default="both", help="per-structure table format"
-    )
-    parser.add_argument("--no-plots", action="store_true", help="write no figures")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.epilog = (
-        "examples:\n"
-        "  crystalformer-rl evaluate samples/samples.csv -o samples/eval                 # novelty vs the shipped corpus\n"
-        "  crystalformer-rl evaluate samples/cifs --reference data/corpus/train.parquet  # another reference\n"
-        "  crystalformer-rl evaluate samples/samples.csv --relax -o eval-relaxed         # relaxed E_hull"
-    )
-    return parser
-
-
 class ReferenceChoice(NamedTuple):
     """Which novelty reference :func:`default_reference` picked, and why (recorded in the summary's settings)."""
 
@@ -708,46 +623,6 @@ def default_reference(metadata: dict[str, Any] | None = None) -> ReferenceChoice
     return ReferenceChoice(DEFAULT_REFERENCE, f"the embedded model's training corpus ({DEFAULT_REFERENCE})", False)
 
 
-def _check_inputs(args: argparse.Namespace) -> None:
-    """Fail on a missing input before anything slow runs (loading models, reading the reference)."""
-    if not Path(args.input).exists():
-        raise UsageError(
-            f"input {args.input}: no such file or folder; pass the samples.csv written by `crystalformer-rl sample`, "
-            "a folder of CIFs, an extxyz file or a table with a cif/structure/tokens column"
-        )
-    if args.hull and not Path(args.hull).is_file():
-        raise UsageError(f"--hull {args.hull}: no such file; pass a hull table or omit --hull for the shipped MP hull")
-    for spec in args.compare:
-        path = spec.partition("=")[2] or spec
-        if not Path(path).is_file():
-            raise UsageError(f"--compare {spec}: no such file; pass LABEL=structures.csv of an earlier evaluation")
-
-
-def _compare_series(specs: Sequence[str]) -> dict[str, list[float | None]]:
-    out: dict[str, list[float | None]] = {}
-    for spec in specs:
-        label, sep, path = spec.partition("=")
-        if not sep:
-            label, path = Path(spec).parent.name or Path(spec).stem, spec
-        frame, _ = read_table(path)
-        column = next((c for c in ("e_hull_relaxed", "e_hull") if c in frame.columns), None)
-        if column is None:
-            raise ValueError(f"{path}: no e_hull column to compare")
-        out[label] = pd.to_numeric(frame[column], errors="coerce").tolist()
-    return out
-
-
-def _sampling_seconds(args: argparse.Namespace, loaded: LoadedCrystals) -> tuple[float | None, str | None]:
-    """Sampling wall time for S.U.N. per second, and where it came from.
-
-    With ``--limit`` the recorded time of the whole run is scaled to the crystals evaluated, so that the rate
-    stays the rate of the sampler (``num_samples`` in the metadata says how many the time was spent on).
-    """
-    if args.sampling_seconds is not None:
-        return args.sampling_seconds, "--sampling-seconds"
-    return _scaled_sampling_seconds(loaded, args.limit)
-
-
 def _scaled_sampling_seconds(loaded: LoadedCrystals, limit: int | None) -> tuple[float | None, str | None]:
     seconds = loaded.sampling_seconds
     if seconds is None:
@@ -756,91 +631,3 @@ def _scaled_sampling_seconds(loaded: LoadedCrystals, limit: int | None) -> tuple
     if limit is not None and isinstance(total, (int, float)) and total > len(loaded) > 0:
         return seconds * len(loaded) / total, f"input metadata, scaled to {len(loaded)} of {int(total)} samples"
     return seconds, "input metadata"
-
-
-def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``crystalformer-rl evaluate``: writes the table, ``summary.json`` and plots; returns the summary."""
-    _check_inputs(args)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    progress = not args.no_progress
-    stability = not args.no_stability
-    reference = None
-    if not args.no_novelty and args.reference is not None:  # a wrong reference fails before the crystals are read
-        reference = ReferenceIndex.from_file(args.reference, column=args.reference_column, progress=progress)
-    loaded = load_crystals(args.input, column=args.column, limit=args.limit, progress=progress)
-    origin = args.reference
-    if not args.no_novelty and reference is None:
-        choice = default_reference(loaded.metadata)
-        origin = choice.why
-        if choice.path is None:
-            logger.warning("no reference: %s; novelty and S.U.N. are skipped", choice.why)
-        else:
-            (logger.warning if choice.fallback else logger.info)("novelty against %s", choice.why)
-            reference = ReferenceIndex.from_file(choice.path, progress=progress)
-
-    ehull_kwargs: dict[str, Any] = {}
-    if stability and args.calculator:
-        ehull_kwargs["calculator"] = args.calculator
-    if stability and args.hull:
-        from ..reward_models.hull import ReferenceHull
-
-        ehull_kwargs["hull"] = ReferenceHull.from_file(args.hull, energy_scale=args.hull_energy_scale)
-
-    sampling_seconds, seconds_origin = _sampling_seconds(args, loaded)
-    result = evaluate_structures(
-        loaded,
-        ehull_kwargs=ehull_kwargs,
-        progress=progress,
-        reference=reference,
-        stability=stability,
-        relax=args.relax,
-        fmax=args.fmax,
-        steps=args.steps,
-        ehull_threshold=args.ehull_threshold,
-        same_space_group=args.same_space_group,
-        symprec=args.symprec,
-        sampling_seconds=sampling_seconds,
-        batch_size=args.batch_size,
-        space_group_column=getattr(args, "space_group_column", None),
-    )
-    result.summary["input"] = str(args.input)
-    result.summary["sampling_seconds_origin"] = seconds_origin
-    result.summary["settings"]["reference_origin"] = origin
-    label = args.label or Path(args.input).name
-    formats = ("csv", "parquet") if args.format == "both" else (args.format,)
-    paths = result.save(
-        args.output_dir,
-        formats=formats,
-        plots=not args.no_plots,
-        label=label,
-        compare=_compare_series(args.compare) if args.compare else None,
-    )
-    if args.scatter and not args.no_plots:
-        from .plots import plot_property_scatter
-
-        x, y = args.scatter
-        missing = [c for c in (x, y) if c not in result.table.columns]
-        if missing:
-            logger.warning("--scatter: no column(s) %s in the table; scatter skipped", missing)
-        else:
-            xs = pd.to_numeric(result.table[x], errors="coerce").tolist()
-            ys = pd.to_numeric(result.table[y], errors="coerce").tolist()
-            paths["scatter"] = plot_property_scatter(
-                xs, ys, Path(args.output_dir) / f"scatter_{x}_{y}.png", xlabel=x, ylabel=y
-            )
-    s = result.summary
-    lines = [f"{s['n_total']} crystals ({s['n_built']} built)"]
-    for key in ("valid", "struct_valid", "comp_valid", "unique", "novel", "stable", "sun"):
-        if s[f"n_{key}"] is not None:
-            lines.append(f"  {key:<13}{s[f'n_{key}']:>7}  ({100 * s[f'frac_{key}']:.1f} %)")
-    if s.get("n_novelty_undecided"):
-        lines.append(f"  novelty undecided (counted as not novel): {s['n_novelty_undecided']}")
-    for rule in ("unrelaxed", "relaxed"):
-        if s.get(f"n_sun_{rule}") is not None:
-            per_second = s.get(f"sun_{rule}_per_second")
-            rate = f", {per_second:.4g} /s of sampling" if per_second is not None else ""
-            lines.append(f"  S.U.N. ({rule}) {s[f'n_sun_{rule}']:>4}  ({100 * s[f'frac_sun_{rule}']:.1f} %{rate})")
-    lines.append("wrote " + ", ".join(str(p) for p in paths.values()))
-    print("\n".join(lines))
-    return s

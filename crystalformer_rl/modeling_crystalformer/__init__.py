@@ -13,7 +13,7 @@ from .modeling_crystalformer import (
     CrystalFormerOutput,
     CrystalFormerPreTrainedModel,
 )
-from .sampling_crystalformer import CrystalSamplerOutput
+from .sampling_crystalformer import CrystalSamplerOutput, SamplingOptions
 
 
 AutoConfig.register(CrystalFormerConfig.model_type, CrystalFormerConfig, exist_ok=True)
@@ -27,4 +27,5 @@ __all__ = [
     "CrystalFormerOutput",
     "CrystalFormerPreTrainedModel",
     "CrystalSamplerOutput",
+    "SamplingOptions",
 ]

@@ -5,11 +5,10 @@ JAX arrays. A pickle is a program, so it is read with a restricted unpickler tha
 allow-list of globals (numpy array reconstruction, JAX's array wrapper, optax's state named-tuples) and
 refuses anything else.
 
-Usage::
+Usage (the command line is :mod:`crystalformer_rl.commands.convert`)::
 
-    python -m crystalformer_rl.modeling_crystalformer.convert_crystalformer_checkpoint alex20 crystalformer-alex20
-    python -m crystalformer_rl.modeling_crystalformer.convert_crystalformer_checkpoint \
-        path/to/epoch_005500.pkl --output-dir out --config reference_config.json
+    crystalformer-rl convert alex20 crystalformer-alex20
+    crystalformer-rl convert path/to/epoch_005500.pkl --output_dir out --config reference_config.json
 
 or from Python: ``CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint("alex20")``.
 
@@ -21,7 +20,6 @@ and the two MLP Linear, and finally a LayerNorm and the output Linear. Linear we
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -33,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..crystallography import DEFAULT_N_MAX, TOKENS_PER_SITE
+from ..crystallography import TOKENS_PER_SITE
 from .configuration_crystalformer import LATTICE_OUTPUTS_PER_COMPONENT, CrystalFormerConfig
 
 
@@ -341,73 +339,3 @@ def load_crystalformer_checkpoint(path_or_hub_file, config=None, model_class=Non
             )
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------------
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument(
-        "checkpoint",
-        help=f"official checkpoint: a local .pkl, an alias ({', '.join(OFFICIAL_CHECKPOINTS)}) "
-        "or a Hub file 'owner/repo/path.pkl'",
-    )
-    parser.add_argument("output_dir", nargs="?", default=None, help="where to write config.json + model.safetensors")
-    parser.add_argument(
-        "--output-dir", dest="output_dir_option", metavar="OUTPUT_DIR", default=None, help="same as OUTPUT_DIR"
-    )
-    parser.add_argument(
-        "--config", default=None, help="JSON with hyper-parameters (HF or reference make_transformer names)"
-    )
-    parser.add_argument("--num-heads", type=int, default=None, help="attention heads (not inferable from shapes)")
-    parser.add_argument("--key-size", type=int, default=None, help="per-head size (not inferable from shapes)")
-    parser.add_argument("--Kx", type=int, default=None, help="von Mises components (default 16)")
-    parser.add_argument("--n-max", type=int, default=None, help=f"sites per crystal (default {DEFAULT_N_MAX})")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--cache-dir", default=None, help="Hugging Face cache directory for Hub downloads")
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload to this Hub repo")
-    return parser
-
-
-def run_convert(args: argparse.Namespace):
-    output_dir = getattr(args, "output_dir_option", None) or args.output_dir
-    if output_dir is None:
-        raise SystemExit("convert: give an output directory (OUTPUT_DIR or --output-dir)")
-    config = _as_config_kwargs(args.config)
-    for key, value in (
-        ("num_attention_heads", args.num_heads),
-        ("head_dim", args.key_size),
-        ("num_coord_components", args.Kx),
-        ("n_max", args.n_max),
-    ):
-        if value is not None:
-            config[key] = value
-    hub_kwargs = {"cache_dir": args.cache_dir} if args.cache_dir else {}
-    model = load_crystalformer_checkpoint(
-        args.checkpoint, config=config or None, dtype=getattr(torch, args.dtype), **hub_kwargs
-    )
-    model.save_pretrained(output_dir)
-    if args.push_to_hub:
-        model.push_to_hub(args.push_to_hub)
-    print(
-        json.dumps(
-            {
-                "output_dir": str(output_dir),
-                "parameters": model.num_parameters(),
-                "num_hidden_layers": model.config.num_hidden_layers,
-                "position_embedding_type": model.config.position_embedding_type,
-            }
-        )
-    )
-    return model
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    run_convert(add_convert_arguments(parser).parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

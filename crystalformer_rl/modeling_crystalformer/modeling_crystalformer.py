@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -41,6 +42,10 @@ from ..crystallography import (
 )
 from ..wyckoff import WyckoffTables
 from .configuration_crystalformer import CrystalFormerConfig
+
+
+if TYPE_CHECKING:
+    from .sampling_crystalformer import SamplingOptions
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -683,16 +688,12 @@ class CrystalFormerForCrystalGeneration(CrystalFormerPreTrainedModel):
         self,
         space_group,
         num_samples: int | None = None,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        elements=None,
-        wyckoff=None,
+        sampling_options: SamplingOptions | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
-        first_atom_temperature: float | None = None,
         use_cache: bool = True,
         max_batch_size: int | None = None,
-        T1: float | None = None,
+        **kwargs,
     ):
         r"""
         Sample crystals autoregressively, one space group per sample (see `sampling_crystalformer.py`).
@@ -700,19 +701,24 @@ class CrystalFormerForCrystalGeneration(CrystalFormerPreTrainedModel):
         Args:
             space_group: an int (with `num_samples`) or a (B,) sequence/tensor of space groups 1..230.
             num_samples: number of crystals when `space_group` is an int (default 1).
-            temperature: temperature of every categorical draw, κ/T for coordinates, σ√T for the lattice.
-            top_p: nucleus sampling threshold (computed at T = 1, as the reference does); 1 disables it.
-            elements: allowed elements, the same at every site (list of symbols / atomic numbers), per site
-                (list of such lists, one per site from the first), or a boolean mask (atom_types,),
-                (n_max, atom_types) or (B, n_max, atom_types). An all-empty mask means unconstrained.
-            wyckoff: forced Wyckoff letters: a list ("a", "c", ... or 1, 3, ...) for every sample, or a (B, k)
-                integer array; padded with 0, i.e. exactly these sites. Must be valid for each space group.
+            sampling_options ([`SamplingOptions`], *optional*): temperature, top_p, first_atom_temperature,
+                elements and wyckoff (below), as `generate` takes a `GenerationConfig`; keyword arguments override
+                its fields.
             seed / generator: random stream (a `torch.Generator`); the cached and uncached paths draw the same
                 numbers for the same seed.
-            first_atom_temperature (alias `T1`): temperature of the first element draw.
             use_cache: KV-cached decoding (default). `False` runs the reference algorithm: the full
                 `5 * n_max`-token sequence through the whole model at every step (slow; for tests).
             max_batch_size: sample in chunks of this many crystals (bounds the KV-cache memory).
+            kwargs: the fields of [`SamplingOptions`]:
+
+                - temperature: temperature of every categorical draw, κ/T for coordinates, σ√T for the lattice.
+                - top_p: nucleus sampling threshold (computed at T = 1, as the reference does); 1 disables it.
+                - elements: allowed elements, the same at every site (list of symbols / atomic numbers), per site
+                  (list of such lists, one per site from the first), or a boolean mask (atom_types,),
+                  (n_max, atom_types) or (B, n_max, atom_types). An all-empty mask means unconstrained.
+                - wyckoff: forced Wyckoff letters: a list ("a", "c", ... or 1, 3, ...) for every sample, or a
+                  (B, k) integer array; padded with 0, i.e. exactly these sites. Must be valid for each space group.
+                - first_atom_temperature (alias `T1`): temperature of the first element draw.
 
         Returns:
             [`CrystalSamplerOutput`] with `G`, `W`, `A`, `XYZ`, `L` (model space), `lattice` (Å / degrees),
@@ -721,23 +727,16 @@ class CrystalFormerForCrystalGeneration(CrystalFormerPreTrainedModel):
         """
         from .sampling_crystalformer import sample_crystals
 
-        if T1 is not None:
-            if first_atom_temperature is not None and first_atom_temperature != T1:
-                raise ValueError("give either first_atom_temperature or its alias T1, not both")
-            first_atom_temperature = T1
         return sample_crystals(
             self,
             space_group,
             num_samples=num_samples,
-            temperature=temperature,
-            top_p=top_p,
-            elements=elements,
-            wyckoff=wyckoff,
+            sampling_options=sampling_options,
             seed=seed,
             generator=generator,
-            first_atom_temperature=first_atom_temperature,
             use_cache=use_cache,
             max_batch_size=max_batch_size,
+            **kwargs,
         )
 
 

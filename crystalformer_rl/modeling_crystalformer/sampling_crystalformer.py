@@ -24,7 +24,7 @@ computed from the same output rows the sampler used (equal to `model.log_prob` o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -74,6 +74,92 @@ class CrystalSamplerOutput(ModelOutput):
     logp_a: torch.Tensor | None = None
     logp_l: torch.Tensor | None = None
     logp: torch.Tensor | None = None
+
+
+@dataclass
+class SamplingOptions:
+    r"""
+    How [`CrystalFormerForCrystalGeneration.sample`] draws crystals, as a `GenerationConfig` says how `generate`
+    does: ``model.sample(groups, sampling_options=options, **kwargs)``, keyword arguments overriding the options.
+    The help strings are also the options' ``crystalformer-rl sample`` docs (with their short flags).
+
+    ``elements`` also takes atomic numbers, per-site lists or boolean masks and ``wyckoff`` letter indices or a
+    (B, k) array (see ``sample``); the command line gives symbols and letters.
+    """
+
+    temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Temperature of every categorical draw, κ/T for the coordinates, σ√T for the lattice (> 0).",
+            "aliases": ["-T"],
+        },
+    )
+    top_p: float = field(
+        default=1.0,
+        metadata={"help": "Nucleus-sampling threshold of the categorical draws, in (0, 1]; 1 disables it."},
+    )
+    first_atom_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Temperature of the first element draw (> 0; alias T1); default: temperature."},
+    )
+    elements: list[str] | None = field(
+        default=None,
+        metadata={"help": "Allowed elements at every site, e.g. Li Fe P O; default: any.", "aliases": ["-e"]},
+    )
+    wyckoff: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Forced Wyckoff letters, e.g. a c f: exactly these sites, valid for each space group.",
+            "aliases": ["-w"],
+        },
+    )
+
+    def __post_init__(self):
+        first, positive = self.first_atom_temperature, "use a number > 0"
+        for name, value, valid, rule in (
+            ("temperature", self.temperature, self.temperature > 0, positive),
+            ("first_atom_temperature", first, first is None or first > 0, positive),
+            ("top_p", self.top_p, 0 < self.top_p <= 1, "use a number in (0, 1]" if self.top_p > 0 else positive),
+        ):
+            if not valid:
+                raise ValueError(f"{self._option(name)}: {value}: {rule}")
+        for symbol in _element_symbols(self.elements):
+            try:
+                atomic_number(symbol)
+            except ValueError:
+                raise ValueError(
+                    f"{self._option('elements')}: unknown element symbol {symbol!r} (e.g. Li, Fe, O)"
+                ) from None
+
+    @classmethod
+    def _option(cls, name: str) -> str:
+        """How an error message names an option (a command line names its flag)."""
+        return name
+
+    @classmethod
+    def from_kwargs(cls, sampling_options: SamplingOptions | None = None, **kwargs) -> SamplingOptions:
+        """``sampling_options`` (any instance, subclasses included; default: the defaults) with ``kwargs``
+        overriding its fields; ``T1`` is an alias of ``first_atom_temperature``."""
+        if "T1" in kwargs:
+            t1, first = kwargs.pop("T1"), kwargs.get("first_atom_temperature")
+            if t1 is not None:
+                if first is not None and first != t1:
+                    raise ValueError("give either first_atom_temperature or its alias T1, not both")
+                kwargs["first_atom_temperature"] = t1
+        names = [f.name for f in fields(SamplingOptions)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise TypeError(f"unknown sampling option(s) {', '.join(unknown)}; the options are {', '.join(names)}")
+        given = {} if sampling_options is None else {name: getattr(sampling_options, name) for name in names}
+        return cls(**{**given, **kwargs})
+
+
+def _element_symbols(elements) -> list[str]:
+    """The symbols among ``elements`` (a list, or per-site lists); masks and atomic numbers are checked later."""
+    if not isinstance(elements, (list, tuple)):
+        return []
+    items = [x for item in elements for x in (item if isinstance(item, (list, tuple, set)) else [item])]
+    return [x for x in items if isinstance(x, str)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -340,23 +426,17 @@ def sample_crystals(
     model,
     space_group,
     num_samples=None,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    elements=None,
-    wyckoff=None,
+    sampling_options: SamplingOptions | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
-    first_atom_temperature: float | None = None,
     use_cache: bool = True,
     max_batch_size: int | None = None,
+    **kwargs,
 ) -> CrystalSamplerOutput:
-    """See [`CrystalFormerForCrystalGeneration.sample`]."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if first_atom_temperature is not None and not first_atom_temperature > 0:
-        raise ValueError(f"first_atom_temperature must be > 0, got {first_atom_temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    """See [`CrystalFormerForCrystalGeneration.sample`]; ``kwargs`` override fields of ``sampling_options``."""
+    options = SamplingOptions.from_kwargs(sampling_options, **kwargs)
+    temperature, top_p, elements, wyckoff = options.temperature, options.top_p, options.elements, options.wyckoff
+    first_atom_temperature = options.first_atom_temperature
     cfg = model.config
     G = _space_groups(space_group, num_samples, model.device)
     batch = G.shape[0]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import RLOOConfig
 
+from ..modeling_crystalformer import SamplingOptions
 from .precision import PIN_MEMORY_HELP, TF32_HELP, pin_memory_only_on_cuda
 
 
@@ -87,8 +88,7 @@ class CrystalRLConfig(RLOOConfig):
             "the KL enters the reward per sample, without gradient."
         },
     )
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold for the categorical draws."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    # (temperature and top_p are TRL's own fields; `sampling_options()` hands them to the sampler)
     space_groups: list[int] | None = field(
         default=None,
         metadata={"help": "Space groups to sample (uniformly); default: the training distribution of the prompts."},
@@ -138,8 +138,13 @@ class CrystalRLConfig(RLOOConfig):
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
         super().__post_init__()
+        self.sampling_options()  # a bad temperature / top_p / element is reported now, not at the first batch
         pin_memory_only_on_cuda(self)
         self._check_save_steps()
+
+    def sampling_options(self) -> SamplingOptions:
+        """How the policy samples its crystals: ``policy.sample(groups, sampling_options=args.sampling_options())``."""
+        return SamplingOptions(temperature=self.temperature, top_p=self.top_p, elements=self.elements)
 
     def _check_save_steps(self):
         """TRL does not checkpoint its position inside a sampled batch: a resume from a checkpoint in the middle of

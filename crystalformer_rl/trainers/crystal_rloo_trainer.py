@@ -177,7 +177,6 @@ class CrystalRLOOTrainer(RLOOTrainer):
         else:
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self.ema_baseline: float | None = None
-        self._element_mask = args.elements
         self._multiplicity = torch.tensor(WyckoffTables.load().mult)
 
     # ------------------------------------------------------------------------------------------ rollouts
@@ -193,13 +192,7 @@ class CrystalRLOOTrainer(RLOOTrainer):
                 # Draw from the global RNG (checkpointed by the Trainer, so resumes replay it) and decorrelate
                 # ranks, which the Trainer seeds identically.
                 seed = (int(torch.randint(0, 2**62, (1,))) + 1_000_003 * self.accelerator.process_index) % 2**62
-                out = policy.sample(
-                    space_group=space_groups,
-                    seed=seed,
-                    temperature=self.args.temperature,
-                    top_p=self.args.top_p,
-                    elements=self._element_mask,
-                )
+                out = policy.sample(space_group=space_groups, seed=seed, sampling_options=self.args.sampling_options())
                 tokens = {k: getattr(out, k) for k in TOKEN_KEYS}
         device = self.accelerator.device
         tokens = {k: torch.as_tensor(tokens[k]).to(device) for k in TOKEN_KEYS}
@@ -227,10 +220,8 @@ class CrystalRLOOTrainer(RLOOTrainer):
         old_logps = self._sequence_logp(self.model, tokens)
         ref_logps = self._sequence_logp(self.ref_model, tokens)
 
-        completions = [
-            CrystalTokens(int(g), w, a, xyz, lat)
-            for g, w, a, xyz, lat in zip(*(tokens[k].detach().cpu().numpy() for k in TOKEN_KEYS))
-        ]
+        # Each completion decodes its structure once (cached): the rewards and the crystal metrics share it.
+        completions = CrystalTokens.from_batch(*(tokens[k] for k in TOKEN_KEYS))
         start = time.perf_counter()
         rewards_per_func = self._calculate_rewards(inputs, prompts, completions, [None] * len(prompts))
         scoring_s = time.perf_counter() - start
@@ -363,7 +354,7 @@ class CrystalRLOOTrainer(RLOOTrainer):
             elements = {int(a) for w, a in zip(crystal.W, crystal.A) if w > 0}
             single.append(len(elements) == 1)
             try:
-                s = crystal.to_structure()
+                s = crystal.to_structure()  # cached: the structure the rewards were given, not decoded again
                 struct_ok.append(check_structure_validity(s) is None)
                 comp_ok.append(check_composition_validity(s) is None)
             except Exception:  # undecodable tokens: invalid, and not a structure to match

@@ -1,14 +1,12 @@
-"""``crystalformer-rl pretrain``, ``rl`` and ``dpo``: dataclass arguments (TRL's parser, so ``--config file.yaml``
-works and every field's help string is its CLI doc)."""
+"""``crystalformer-rl pretrain``, ``rl`` and ``dpo``: their script arguments (dataclasses, parsed with the
+trainer's config; ``--config file.yaml`` works and every field's help string is its CLI doc) and run functions.
+The shared library helpers are :mod:`crystalformer_rl.trainers.utils`."""
 
 from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
-import shutil
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,16 @@ import torch
 
 from ..data import DEFAULT_CORPUS_DIR, DEFAULT_TRAIN_DATA, DEFAULT_VALIDATION_DATA
 from ..errors import UsageError, one_line
+from ..trainers.utils import (
+    MODEL_SIZES,
+    BaseModelFilesCallback,
+    fill_prompts,
+    training_space_groups,
+    write_base_model_files,
+    write_model_reference,
+)
 from ..utils import is_hub_repo_id
+from . import parse_args
 
 
 # Reward names usable in configs; anything else is an import path "package.module:callable_or_factory".
@@ -28,12 +35,6 @@ REWARDS = {
     "dielectric": "crystalformer_rl.reward_models:DielectricReward",
     "figure_of_merit": "crystalformer_rl.reward_models:FigureOfMeritReward",
     "ehull_sun": "crystalformer_rl.reward_models:SUNReward",
-}
-MODEL_SIZES = {
-    "paper": {},  # the Alex-20 configuration, 4,833,575 parameters
-    "xs": {"num_layers": 2, "num_heads": 4, "key_size": 16, "model_size": 64, "embed_size": 32, "h0_size": 64},
-    "s": {"num_layers": 4, "num_heads": 4, "key_size": 32, "model_size": 64, "embed_size": 32, "h0_size": 128},
-    "m": {"num_layers": 4, "num_heads": 8, "key_size": 32, "model_size": 128, "embed_size": 32, "h0_size": 256},
 }
 
 
@@ -47,60 +48,6 @@ def load_reward(name: str, **kwargs):
     if isinstance(obj, type) or kwargs:
         obj = obj(**kwargs)
     return obj
-
-
-def training_space_groups(source: str | None, model_name: str | None = None) -> list[int]:
-    """Prompt rows: the space-group column of a prepared dataset / parquet (its empirical distribution), the
-    model's shipped distribution ('default'), or a comma-separated list of groups."""
-    from ..pretrained import space_group_distribution
-
-    if source in (None, "", "model", "default"):
-        counts = space_group_distribution(model_name)
-        if counts is None:
-            return list(range(1, 231))
-        return [g for g, n in counts.items() for _ in range(n)]
-    if all(part.strip().isdigit() for part in source.split(",")):
-        return [int(part) for part in source.split(",")]
-    from datasets import load_dataset
-
-    path = Path(source)
-    files = sorted(str(p) for p in path.glob("**/*.parquet")) if path.is_dir() else [str(path)]
-    return [int(g) for g in load_dataset("parquet", data_files=files, split="train")["G"]]
-
-
-def fill_prompts(groups: list[int], config) -> list[int]:
-    """A short list of groups (``--prompts 225``) repeated until it fills a few sampled batches: the prompt dataset
-    is drawn from in whole batches, so one row per group would give no batch at all. Repeating the list keeps the
-    groups' proportions."""
-    needed = 8 * config.per_device_train_batch_size * config.gradient_accumulation_steps
-    return list(groups) * math.ceil(needed / len(groups)) if 0 < len(groups) < needed else list(groups)
-
-
-def parse_command_line(parser, argv: list[str] | None) -> tuple:
-    """``TrlParser.parse_args_and_config``, with every bad option (unknown, a wrong value, a missing ``--config``
-    file) reported as one line naming it instead of a traceback or argparse's usage block."""
-
-    def error(message: str):
-        parser.exit(2, f"{parser.prog}: error: {message}\n")
-
-    parser.error = error
-    argv = list(argv) if argv is not None else sys.argv[1:]
-    if "--config" in argv:
-        index = argv.index("--config")
-        config = argv[index + 1] if index + 1 < len(argv) else ""
-        if not Path(config).is_file():
-            raise UsageError(f"--config {config}: no such file; pass a YAML file (e.g. configs/rl_ehull.yaml)")
-    try:
-        *parsed, from_config, from_args = parser.parse_args_and_config(
-            argv, return_remaining_strings=True, separate_remaining_strings=True
-        )
-    except ValueError as exc:  # a field's __post_init__ check (e.g. TrainingArguments) names the option
-        raise UsageError(one_line(exc)) from exc
-    if from_args:
-        raise UsageError(f"unknown option(s) {' '.join(from_args)}; see `{parser.prog} --help`")
-    if from_config:
-        raise UsageError(f"--config: unknown key(s) {from_config}; see `{parser.prog} --help`")
-    return tuple(parsed)
 
 
 # -------------------------------------------------------------------------------------------------- pretrain
@@ -182,18 +129,16 @@ def resolve_checkpoint(value: str | bool | None, output_dir: str, resume: bool =
     return text
 
 
-def run_pretrain(argv: list[str] | None = None):
+def run_pretrain(argv: list[str] | tuple | None = None):
+    """``crystalformer-rl pretrain``: the argument list, or the parsed (script arguments, config)."""
     from datasets import load_dataset
-    from trl import TrlParser
 
     from ..modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration
     from ..pretrained import load_model
     from ..tokenization import CrystalTokenizer
-    from .pretrain_config import CrystalPretrainConfig
-    from .pretrain_trainer import CrystalPretrainer, plot_loss_curves
+    from ..trainers.pretrain_trainer import CrystalPretrainer, plot_loss_curves
 
-    parser = TrlParser((PretrainScriptArguments, CrystalPretrainConfig), prog="crystalformer-rl pretrain")
-    script, config = parse_command_line(parser, argv)
+    script, config = parse_args("pretrain", argv)
     if not script.model and script.model_size not in MODEL_SIZES:
         raise UsageError(f"--model_size {script.model_size}: use one of {', '.join(MODEL_SIZES)}")
     train_files = _data_files("--train_data", script.train_data, DEFAULT_TRAIN_DATA)
@@ -221,17 +166,6 @@ def run_pretrain(argv: list[str] | None = None):
             write_model_reference(train, Path(config.output_dir))
         plot_loss_curves(trainer.state.log_history, Path(config.output_dir) / "loss_curves.png")
     return trainer
-
-
-def write_model_reference(train, output_dir: Path) -> Path:
-    """Save the training crystals beside the model (``reference_corpus.csv.gz``, token strings, ~80 bytes each), so
-    ``evaluate`` judges the novelty of its samples against what it was trained on."""
-    from ..evaluation.matching import reference_table, write_reference_table
-    from ..pretrained import REFERENCE_FILES
-
-    arrays = train.select_columns(["G", "W", "A", "XYZ", "L"]).to_list()
-    ids = train["id"] if "id" in train.column_names else None
-    return write_reference_table(reference_table(arrays, ids=ids), output_dir / REFERENCE_FILES[0])
 
 
 # -------------------------------------------------------------------------------------------------------- rl
@@ -269,16 +203,13 @@ class RLScriptArguments:
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
 
 
-def run_rl(argv: list[str] | None = None):
-    from trl import TrlParser
-
+def run_rl(argv: list[str] | tuple | None = None):
+    """``crystalformer-rl rl``: the argument list, or the parsed (script arguments, config)."""
     from ..pretrained import load_model
-    from .crystal_rloo_config import CrystalRLConfig
-    from .crystal_rloo_trainer import CrystalRLOOTrainer, space_group_prompts
-    from .rl_plots import plot_rl_curves
+    from ..trainers.crystal_rloo_trainer import CrystalRLOOTrainer, space_group_prompts
+    from ..trainers.rl_plots import plot_rl_curves
 
-    parser = TrlParser((RLScriptArguments, CrystalRLConfig), prog="crystalformer-rl rl")
-    script, config = parse_command_line(parser, argv)
+    script, config = parse_args("rl", argv)
     try:
         reward_kwargs = json.loads(script.reward_kwargs) if script.reward_kwargs else {}
     except ValueError as exc:
@@ -288,6 +219,7 @@ def run_rl(argv: list[str] | None = None):
     rewards = [load_reward(name, **reward_kwargs.get(name, {})) for name in script.rewards]
     groups = fill_prompts(config.space_groups or training_space_groups(script.prompts, script.model), config)
     trainer = CrystalRLOOTrainer(model, rewards, args=config, train_dataset=space_group_prompts(groups))
+    trainer.add_callback(BaseModelFilesCallback(script.model))
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
@@ -300,16 +232,10 @@ def _finish_fine_tuning(trainer, script, output_dir: Path):
     """What every fine-tuning command leaves beside the model (rank 0), then the process-group teardown: the base
     model's space-group distribution (the fine-tuned model samples the same prompts) and novelty reference
     (novelty stays judged against the base model's training set), the log history, the optional Hub push."""
-    from ..pretrained import REFERENCE_FILES, SPACE_GROUP_FILE, model_reference, space_group_distribution
+    from ..trainers.utils import write_base_model_files
 
     if trainer.is_world_process_zero():
-        counts = space_group_distribution(script.model)
-        if counts is not None:
-            (output_dir / SPACE_GROUP_FILE).write_text(json.dumps(counts))
-        reference = model_reference(script.model)
-        if reference is not None:
-            name = REFERENCE_FILES[1] if reference.suffix == ".parquet" else REFERENCE_FILES[0]
-            shutil.copyfile(reference, output_dir / name)
+        write_base_model_files(script.model, output_dir)
         with open(output_dir / "log_history.json", "w") as f:
             json.dump(trainer.state.log_history, f, indent=1)
         if script.push_to_hub_id:
@@ -409,7 +335,7 @@ def _pair_settings(script: DPOScriptArguments) -> dict:
 def _cached_pairs(output_dir: Path, settings: dict):
     import pandas as pd
 
-    from .dpo_pairs import PAIRS_FILE, SUMMARY_FILE
+    from ..trainers.dpo_pairs import PAIRS_FILE, SUMMARY_FILE
 
     pairs, summary = output_dir / PAIRS_FILE, output_dir / SUMMARY_FILE
     if pairs.is_file() and summary.is_file() and json.loads(summary.read_text()).get("settings") == settings:
@@ -422,7 +348,7 @@ def build_dpo_pairs(script: DPOScriptArguments, model, reward_kwargs: dict, devi
     import numpy as np
 
     from ..tokenization import CrystalTokenizer
-    from . import dpo_pairs
+    from ..trainers import dpo_pairs
 
     tokenizer = CrystalTokenizer(n_max=model.config.n_max)
     if script.pairs not in PAIR_SOURCES:
@@ -461,18 +387,16 @@ def build_dpo_pairs(script: DPOScriptArguments, model, reward_kwargs: dict, devi
     return pairs, failures, dpo_pairs.summarise(pairs, failures, {"settings": _pair_settings(script)}, **counts)
 
 
-def run_dpo(argv: list[str] | None = None):
+def run_dpo(argv: list[str] | tuple | None = None):
+    """``crystalformer-rl dpo``: the argument list, or the parsed (script arguments, config)."""
     from accelerate import PartialState
     from transformers.trainer_utils import IntervalStrategy
-    from trl import TrlParser
 
     from ..pretrained import load_model
-    from .crystal_dpo_config import CrystalDPOConfig
-    from .crystal_dpo_trainer import CrystalDPOTrainer
-    from .dpo_pairs import pairs_dataset, split_pairs, write_pairs
+    from ..trainers.crystal_dpo_trainer import CrystalDPOTrainer
+    from ..trainers.dpo_pairs import pairs_dataset, split_pairs, write_pairs
 
-    parser = TrlParser((DPOScriptArguments, CrystalDPOConfig), prog="crystalformer-rl dpo")
-    script, config = parse_command_line(parser, argv)
+    script, config = parse_args("dpo", argv)
     if not 0.0 <= script.validation_fraction < 1.0:
         raise UsageError(f"--validation_fraction {script.validation_fraction}: use a value in [0, 1)")
     if script.pairs not in PAIR_SOURCES and not Path(script.pairs).exists() and not is_hub_repo_id(script.pairs):
@@ -506,8 +430,63 @@ def run_dpo(argv: list[str] | None = None):
         config.eval_strategy, config.do_eval = IntervalStrategy.NO, False
 
     trainer = CrystalDPOTrainer(model, config, train_dataset=train, eval_dataset=valid)
+    trainer.add_callback(BaseModelFilesCallback(script.model))
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         trainer.crystal_tokenizer.save_pretrained(config.output_dir)
     return _finish_fine_tuning(trainer, script, output_dir)
+
+
+# ------------------------------------------------------------------------------------------------------- sft
+@dataclass
+class SFTScriptArguments:
+    model: str | None = field(
+        default=None, metadata={"help": "Model to sample from and fine-tune (default: the embedded model)."}
+    )
+    num_samples: int = field(default=10000, metadata={"help": "Crystals to sample (paper: 10,000)."})
+    ehull_threshold: float = field(default=0.1, metadata={"help": "Keep crystals with E_hull below this (eV/atom)."})
+    relax: bool = field(
+        default=True,
+        metadata={
+            "help": "Relax with the potential before scoring (paper: yes); without it the sampled tokens "
+            "themselves are fine-tuned on."
+        },
+    )
+    fmax: float = field(default=0.1, metadata={"help": "Relaxation force threshold (eV/Å)."})
+    relax_steps: int = field(default=500, metadata={"help": "Maximum relaxation steps."})
+    sample_seed: int = field(default=0, metadata={"help": "Seed of the sampler."})
+
+
+def run_sft(argv: list[str] | tuple | None = None, ehull_fn=None, relax_fn=None):
+    """``crystalformer-rl sft``: the argument list, or the parsed (script arguments, config); ``ehull_fn`` /
+    ``relax_fn`` replace the potential (tests, other potentials)."""
+    from ..pretrained import load_model
+    from ..tokenization import CrystalTokenizer
+    from ..trainers.pretrain_trainer import CrystalPretrainer
+    from ..trainers.sft import build_sft_dataset
+
+    script, config = parse_args("sft", argv)
+    model = load_model(script.model)
+    dataset, counts = build_sft_dataset(
+        model.eval(),
+        Path(config.output_dir),
+        num_samples=script.num_samples,
+        ehull_threshold=script.ehull_threshold,
+        relax=script.relax,
+        fmax=script.fmax,
+        relax_steps=script.relax_steps,
+        sample_seed=script.sample_seed,
+        space_groups_of=script.model,
+        ehull_fn=ehull_fn,
+        relax_fn=relax_fn,
+    )
+    config.eval_strategy = "no"
+    trainer = CrystalPretrainer(model, config, train_dataset=dataset)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    if trainer.is_world_process_zero():
+        CrystalTokenizer(n_max=model.config.n_max).save_pretrained(config.output_dir)
+        write_base_model_files(script.model, Path(config.output_dir))
+    print(json.dumps(counts))
+    return trainer

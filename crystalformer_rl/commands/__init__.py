@@ -1,0 +1,187 @@
+"""The ``crystalformer-rl`` command line: every command, its dataclass arguments and its run function.
+
+Examples:
+    crystalformer-rl sample -n 100 -o samples                      # the embedded default model
+    crystalformer-rl evaluate samples/samples.csv -o samples/eval  # validity, uniqueness, novelty, E_hull, S.U.N.
+    crystalformer-rl prepare-data ../shared/data/mp20_pilot/val.csv.gz prepared/mp20-val
+    crystalformer-rl pretrain --train_data prepared/mp20-val --output_dir runs/pretrain --max_steps 1000
+    crystalformer-rl rl --config configs/rl_ehull.yaml
+    crystalformer-rl dpo --config configs/dpo_ehull.yaml
+    crystalformer-rl convert epoch_005500.pkl converted/alex20
+
+Run ``crystalformer-rl COMMAND --help`` for a command's options: the help strings of its dataclass fields, spelled
+with underscores (``--num_samples``; the dashed ``--num-samples`` still works, with a deprecation note), and
+``--config file.yaml`` to read them from a file. A bad input (a missing file, an unknown model, an out-of-range
+option) is reported as one line naming it, with exit status 2; ``crystalformer-rl --debug COMMAND`` (or
+``--debug`` after the command, except for the trainers, whose ``--debug`` is `TrainingArguments`') shows the
+full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+from ..errors import UsageError, one_line
+from .parser import CommandArguments, CommandParser
+
+
+__all__ = ["COMMANDS", "Command", "CommandArguments", "CommandParser", "build_parser", "main", "parse_args"]
+
+# What a user can fix from the message alone; anything else keeps its traceback (it is a bug).
+USAGE_ERRORS = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    run: str  # "module:function", called with the argument list (or the parsed dataclasses)
+    arguments: tuple[str, ...]  # "module:Dataclass" of its options, parsed together
+    yaml_config: bool = True  # `--config file.yaml`
+    epilog: str | None = None
+
+
+_TRAIN = "crystalformer_rl.commands.train"
+COMMANDS = {
+    "sample": Command(
+        "sample crystals (CSV of token strings and log-likelihoods, CIFs, extxyz)",
+        "crystalformer_rl.commands.sample:run_sample",
+        ("crystalformer_rl.commands.sample:SampleArguments",),
+        epilog="examples:\n"
+        "  crystalformer-rl sample -n 100 -o samples                  # training space-group distribution\n"
+        "  crystalformer-rl sample -g 225 -n 20 -e La H -o lah        # La-H crystals in Fm-3m\n"
+        "  crystalformer-rl sample -g 221 -w a b c -e Sr Ti O -n 10   # forced Wyckoff letters\n"
+        "  crystalformer-rl sample --model epoch_005500.pkl -n 1000   # an official checkpoint",
+    ),
+    "evaluate": Command(
+        "validity, uniqueness, novelty, stability (E_hull) and S.U.N. of crystals, per structure and in summary",
+        "crystalformer_rl.commands.evaluate:run_evaluate",
+        ("crystalformer_rl.commands.evaluate:EvaluateArguments",),
+        epilog="examples:\n"
+        "  crystalformer-rl evaluate samples/samples.csv -o samples/eval         # novelty vs the shipped corpus\n"
+        "  crystalformer-rl evaluate samples/cifs --reference train.parquet      # another reference\n"
+        "  crystalformer-rl evaluate samples/samples.csv --relax -o eval-relaxed # relaxed E_hull",
+    ),
+    "prepare-data": Command(
+        "tokenize a CIF dataset (Hub id or local CSV/parquet/JSON) into token shards, reporting bad rows",
+        "crystalformer_rl.commands.prepare_data:run_prepare_data",
+        ("crystalformer_rl.commands.prepare_data:PrepareDataArguments",),
+        epilog="example:\n  crystalformer-rl prepare-data zdcao/alex-20 prepared/alex20 --num_proc 8",
+    ),
+    "convert": Command(
+        "convert an official CrystalFormer pickle checkpoint into a Hugging Face model folder",
+        "crystalformer_rl.commands.convert:run_convert",
+        ("crystalformer_rl.commands.convert:ConvertArguments",),
+        yaml_config=False,  # its --config is the checkpoint's JSON hyper-parameters
+        epilog="examples:\n"
+        "  crystalformer-rl convert alex20 converted/alex20\n"
+        "  crystalformer-rl convert epoch_005500.pkl converted/model --config reference_config.json",
+    ),
+    "pretrain": Command(
+        "pretrain CrystalFormer by maximum likelihood",
+        f"{_TRAIN}:run_pretrain",
+        (f"{_TRAIN}:PretrainScriptArguments", "crystalformer_rl.trainers.pretrain_config:CrystalPretrainConfig"),
+    ),
+    "rl": Command(
+        "reinforcement fine-tuning with reward models (RLOO/PPO)",
+        f"{_TRAIN}:run_rl",
+        (f"{_TRAIN}:RLScriptArguments", "crystalformer_rl.trainers.crystal_rloo_config:CrystalRLConfig"),
+    ),
+    "dpo": Command(
+        "direct preference optimisation on pairs of preferred and rejected crystals",
+        f"{_TRAIN}:run_dpo",
+        (f"{_TRAIN}:DPOScriptArguments", "crystalformer_rl.trainers.crystal_dpo_config:CrystalDPOConfig"),
+    ),
+    "sft": Command(
+        "the paper's SFT baseline: sample, relax, keep E_hull < 0.1, fine-tune",
+        f"{_TRAIN}:run_sft",
+        (f"{_TRAIN}:SFTScriptArguments", "crystalformer_rl.trainers.pretrain_config:CrystalPretrainConfig"),
+    ),
+}
+
+
+def _load(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_parser(command: str) -> CommandParser:
+    """The parser of one command (its dataclasses' fields are its options)."""
+    spec = COMMANDS[command]
+    return CommandParser(
+        [_load(path) for path in spec.arguments],
+        prog=f"crystalformer-rl {command}",
+        description=spec.help,
+        epilog=spec.epilog,
+        yaml_config=spec.yaml_config,
+    )
+
+
+def parse_args(command: str, args=None) -> tuple:
+    """A command's dataclass instances from an argument list (default ``sys.argv[1:]``); already parsed ones (an
+    instance or a tuple of them, e.g. ``run_evaluate(EvaluateArguments(...))``) are returned as they are."""
+    if args is None or (isinstance(args, (list, tuple)) and all(isinstance(a, str) for a in args)):
+        return make_parser(command).parse(args)
+    return tuple(args) if isinstance(args, tuple) else (args,)
+
+
+class _MainParser(argparse.ArgumentParser):
+    """The command list (``crystalformer-rl --help``); ``parse_args(["sample", ...])`` returns the command's
+    dataclasses (one instance, or a tuple for the trainers' script arguments and config)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        while args and args[0] == "--debug":
+            args = args[1:]
+        if args and args[0] in COMMANDS:
+            parsed = parse_args(args[0], args[1:])
+            return parsed[0] if len(parsed) == 1 else parsed
+        return super().parse_args(args, namespace)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _MainParser(
+        prog="crystalformer-rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback (any command)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, spec in COMMANDS.items():
+        subparsers.add_parser(name, help=spec.help, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (2 for a bad input, printed as one line on stderr)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = False
+    while argv and argv[0] == "--debug":  # before the command: the trainers keep TrainingArguments' own --debug
+        debug, argv = True, argv[1:]
+    command = argv[0] if argv else None
+    try:
+        if command not in COMMANDS:
+            build_parser().parse_args(argv)  # --help, or a one-line error naming the unknown command
+            return 2
+        try:
+            parser, run = make_parser(command), _load(COMMANDS[command].run)
+        except ImportError as exc:  # a command whose dependencies are missing stays listed, with the reason
+            print(f"crystalformer-rl {command} is unavailable: {exc}", file=sys.stderr)
+            return 2
+        args = parser.canonical_argv(argv[1:])  # the deprecation notes, once
+        debug = debug or (parser.debug_flag and "--debug" in args)
+        run(args)
+        return 0
+    except SystemExit as exc:  # argparse (--help, a parse error): a status, not an exception, for in-process callers
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except USAGE_ERRORS as exc:
+        if debug:
+            raise
+        print(f"crystalformer-rl {command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2

@@ -1,0 +1,243 @@
+"""``crystalformer-rl evaluate``: validity, uniqueness, novelty, stability and S.U.N. of crystals, as a table, a
+summary and plots. The definitions and the library behind it are :mod:`crystalformer_rl.evaluation`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from ..errors import UsageError
+from ..evaluation.evaluate import _scaled_sampling_seconds, default_reference, evaluate_structures
+from ..evaluation.io import LoadedCrystals, load_crystals, read_table
+from ..evaluation.matching import ReferenceIndex
+from . import parse_args
+from .parser import CommandArguments
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluateArguments(CommandArguments):
+    """The options of ``crystalformer-rl evaluate``; ``input`` can also be given first, positionally."""
+
+    positionals = ("input",)
+
+    input: str = field(
+        metadata={
+            "help": "Crystals to evaluate: a folder of CIFs, an extxyz file, or a CSV/parquet/JSON table with a "
+            "'cif', 'structure' or 'tokens' column (e.g. the samples.csv of `crystalformer-rl sample`)."
+        }
+    )
+    column: str | None = field(default=None, metadata={"help": "Table column holding the crystals (default: auto)."})
+    output_dir: str = field(
+        default="evaluation", metadata={"help": "Where the table, summary and plots go.", "aliases": ["-o"]}
+    )
+    reference: str | None = field(
+        default=None,
+        metadata={
+            "help": "Reference crystals for novelty: a table (CSV/parquet/JSON with a cif, structure or tokens "
+            "column, or token arrays), a folder of CIFs, or a datasets Hub id (owner/name[:split]); default: the "
+            "sampling model's training crystals (a model folder's reference_corpus.*, the shipped corpus for the "
+            "embedded model)."
+        },
+    )
+    reference_column: str | None = field(default=None, metadata={"help": "Crystal column of the reference table."})
+    novelty: bool = field(default=True, metadata={"help": "Judge novelty (--no_novelty: skip it, and S.U.N.)."})
+    same_space_group: bool = field(
+        default=False, metadata={"help": "Novelty compares only references of the same space group."}
+    )
+    stability: bool = field(
+        default=True, metadata={"help": "Compute E_hull (--no_stability: skip it, stability and S.U.N.)."}
+    )
+    calculator: str | None = field(
+        default=None,
+        metadata={
+            "help": "Energy model of EhullReward (e.g. chgnet-r2scan, chgnet-0.3.0, 7net-0, a matgl folder; "
+            "default: its own)."
+        },
+    )
+    hull: str | None = field(
+        default=None, metadata={"help": "Reference hull file for EhullReward (default: its shipped MP hull)."}
+    )
+    hull_energy_scale: str = field(
+        default="gga_mp2020", metadata={"help": "Energy scale of --hull (r2scan, gga_mp2020, ...)."}
+    )
+    relax: bool = field(default=False, metadata={"help": "Relax with the MLIP before judging stability."})
+    fmax: float = field(default=0.1, metadata={"help": "Relaxation force threshold (eV/Å)."})
+    steps: int = field(default=500, metadata={"help": "Maximum relaxation steps."})
+    ehull_threshold: float = field(default=0.1, metadata={"help": "Stable: E_hull <= this (eV/atom)."})
+    sampling_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "Wall time spent sampling, for S.U.N. per second (default: from the input's metadata if any)."
+        },
+    )
+    symprec: float = field(default=0.1, metadata={"help": "spglib tolerance of the space-group column."})
+    space_group_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column of the per-space-group table space_groups.csv (default: G, the space group the sampler "
+            "was asked for, when the input has it, else space_group, detected by spglib)."
+        },
+    )
+    batch_size: int = field(default=64, metadata={"help": "Structures per E_hull call."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N crystals."})
+    label: str | None = field(
+        default=None, metadata={"help": "Name of this model in the plots (default: input name)."}
+    )
+    compare: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Overlay the E_hull histogram of other evaluations: LABEL=structures.csv/parquet (repeatable).",
+            "action": "extend",
+            "metavar": "LABEL=TABLE",
+        },
+    )
+    scatter: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Also plot a scatter of two numeric columns X Y of the table (e.g. properties carried by the "
+            "input)."
+        },
+    )
+    format: Literal["csv", "parquet", "both"] = field(default="both", metadata={"help": "Per-structure table format."})
+    plots: bool = field(default=True, metadata={"help": "Write the figures (--no_plots: none)."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars (--no_progress: hide them)."})
+
+    def __post_init__(self):
+        if self.scatter is not None and len(self.scatter) != 2:
+            raise ValueError(f"{self._option('scatter')}: expected 2 arguments (X Y), got {len(self.scatter)}")
+
+
+def _check_inputs(args: EvaluateArguments) -> None:
+    """Fail on a missing input before anything slow runs (loading models, reading the reference)."""
+    if not Path(args.input).exists():
+        raise UsageError(
+            f"input {args.input}: no such file or folder; pass the samples.csv written by `crystalformer-rl sample`, "
+            "a folder of CIFs, an extxyz file or a table with a cif/structure/tokens column"
+        )
+    if args.hull and not Path(args.hull).is_file():
+        raise UsageError(f"--hull {args.hull}: no such file; pass a hull table or omit --hull for the shipped MP hull")
+    for spec in args.compare:
+        path = spec.partition("=")[2] or spec
+        if not Path(path).is_file():
+            raise UsageError(f"--compare {spec}: no such file; pass LABEL=structures.csv of an earlier evaluation")
+
+
+def _compare_series(specs: Sequence[str]) -> dict[str, list[float | None]]:
+    out: dict[str, list[float | None]] = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep:
+            label, path = Path(spec).parent.name or Path(spec).stem, spec
+        frame, _ = read_table(path)
+        column = next((c for c in ("e_hull_relaxed", "e_hull") if c in frame.columns), None)
+        if column is None:
+            raise ValueError(f"{path}: no e_hull column to compare")
+        out[label] = pd.to_numeric(frame[column], errors="coerce").tolist()
+    return out
+
+
+def _sampling_seconds(args: EvaluateArguments, loaded: LoadedCrystals) -> tuple[float | None, str | None]:
+    """Sampling wall time for S.U.N. per second, and where it came from.
+
+    With ``--limit`` the recorded time of the whole run is scaled to the crystals evaluated, so that the rate
+    stays the rate of the sampler (``num_samples`` in the metadata says how many the time was spent on).
+    """
+    if args.sampling_seconds is not None:
+        return args.sampling_seconds, "--sampling_seconds"
+    return _scaled_sampling_seconds(loaded, args.limit)
+
+
+def run_evaluate(args: EvaluateArguments | list[str] | None = None) -> dict[str, Any]:
+    """Run ``crystalformer-rl evaluate``: writes the table, ``summary.json`` and plots; returns the summary."""
+    (args,) = parse_args("evaluate", args)
+    _check_inputs(args)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    progress, stability = args.progress, args.stability
+    reference = None
+    if args.novelty and args.reference is not None:  # a wrong reference fails before the crystals are read
+        reference = ReferenceIndex.from_file(args.reference, column=args.reference_column, progress=progress)
+    loaded = load_crystals(args.input, column=args.column, limit=args.limit, progress=progress)
+    origin = args.reference
+    if args.novelty and reference is None:
+        choice = default_reference(loaded.metadata)
+        origin = choice.why
+        if choice.path is None:
+            logger.warning("no reference: %s; novelty and S.U.N. are skipped", choice.why)
+        else:
+            (logger.warning if choice.fallback else logger.info)("novelty against %s", choice.why)
+            reference = ReferenceIndex.from_file(choice.path, progress=progress)
+
+    ehull_kwargs: dict[str, Any] = {}
+    if stability and args.calculator:
+        ehull_kwargs["calculator"] = args.calculator
+    if stability and args.hull:
+        from ..reward_models.hull import ReferenceHull
+
+        ehull_kwargs["hull"] = ReferenceHull.from_file(args.hull, energy_scale=args.hull_energy_scale)
+
+    sampling_seconds, seconds_origin = _sampling_seconds(args, loaded)
+    result = evaluate_structures(
+        loaded,
+        ehull_kwargs=ehull_kwargs,
+        progress=progress,
+        reference=reference,
+        stability=stability,
+        relax=args.relax,
+        fmax=args.fmax,
+        steps=args.steps,
+        ehull_threshold=args.ehull_threshold,
+        same_space_group=args.same_space_group,
+        symprec=args.symprec,
+        sampling_seconds=sampling_seconds,
+        batch_size=args.batch_size,
+        space_group_column=args.space_group_column,
+    )
+    result.summary["input"] = str(args.input)
+    result.summary["sampling_seconds_origin"] = seconds_origin
+    result.summary["settings"]["reference_origin"] = origin
+    label = args.label or Path(args.input).name
+    formats = ("csv", "parquet") if args.format == "both" else (args.format,)
+    paths = result.save(
+        args.output_dir,
+        formats=formats,
+        plots=args.plots,
+        label=label,
+        compare=_compare_series(args.compare) if args.compare else None,
+    )
+    if args.scatter and args.plots:
+        from ..evaluation.plots import plot_property_scatter
+
+        x, y = args.scatter
+        missing = [c for c in (x, y) if c not in result.table.columns]
+        if missing:
+            logger.warning("--scatter: no column(s) %s in the table; scatter skipped", missing)
+        else:
+            xs = pd.to_numeric(result.table[x], errors="coerce").tolist()
+            ys = pd.to_numeric(result.table[y], errors="coerce").tolist()
+            paths["scatter"] = plot_property_scatter(
+                xs, ys, Path(args.output_dir) / f"scatter_{x}_{y}.png", xlabel=x, ylabel=y
+            )
+    s = result.summary
+    lines = [f"{s['n_total']} crystals ({s['n_built']} built)"]
+    for key in ("valid", "struct_valid", "comp_valid", "unique", "novel", "stable", "sun"):
+        if s[f"n_{key}"] is not None:
+            lines.append(f"  {key:<13}{s[f'n_{key}']:>7}  ({100 * s[f'frac_{key}']:.1f} %)")
+    if s.get("n_novelty_undecided"):
+        lines.append(f"  novelty undecided (counted as not novel): {s['n_novelty_undecided']}")
+    for rule in ("unrelaxed", "relaxed"):
+        if s.get(f"n_sun_{rule}") is not None:
+            per_second = s.get(f"sun_{rule}_per_second")
+            rate = f", {per_second:.4g} /s of sampling" if per_second is not None else ""
+            lines.append(f"  S.U.N. ({rule}) {s[f'n_sun_{rule}']:>4}  ({100 * s[f'frac_sun_{rule}']:.1f} %{rate})")
+    lines.append("wrote " + ", ".join(str(p) for p in paths.values()))
+    print("\n".join(lines))
+    return s

@@ -1,0 +1,54 @@
+"""``crystalformer-rl prepare-data``: tokenize a CIF dataset into token shards (the library behind it is
+:mod:`crystalformer_rl.data.prepare`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..crystallography import DEFAULT_N_MAX
+from ..data.prepare import prepare_data
+from ..tokenization import CrystalTokenizer
+from . import parse_args
+from .parser import CommandArguments
+
+
+@dataclass
+class PrepareDataArguments(CommandArguments):
+    """The options of ``crystalformer-rl prepare-data``; ``source`` and ``output_dir`` can also be given first,
+    positionally."""
+
+    positionals = ("source", "output_dir")
+
+    source: str = field(
+        metadata={"help": "Hub dataset id (e.g. zdcao/alex-20) or a local CSV / parquet / JSON file or folder."}
+    )
+    output_dir: str = field(metadata={"help": "Folder for the token shards, failures.csv and summary.json."})
+    split: str = field(default="train", metadata={"help": "Dataset split for Hub datasets."})
+    streaming: bool = field(default=False, metadata={"help": "Stream rows instead of downloading first."})
+    num_proc: int = field(default=max(1, os.cpu_count() or 1), metadata={"help": "Worker processes."})
+    shard_size: int = field(default=2000, metadata={"help": "Rows per output shard (the resume unit)."})
+    limit: int | None = field(default=None, metadata={"help": "Only the first N rows."})
+    n_max: int = field(default=DEFAULT_N_MAX, metadata={"help": "Maximum number of sites + 1 (reference: 21)."})
+    structure: bool = field(
+        default=True, metadata={"help": "Copy the structure column into the shards (--no_structure: do not)."}
+    )
+
+
+def run_prepare_data(args: PrepareDataArguments | list[str] | None = None) -> dict[str, Any]:
+    (args,) = parse_args("prepare-data", args)
+    summary = prepare_data(
+        args.source,
+        args.output_dir,
+        split=args.split,
+        streaming=args.streaming,
+        tokenizer=CrystalTokenizer(n_max=args.n_max),
+        num_proc=args.num_proc,
+        shard_size=args.shard_size,
+        limit=args.limit,
+        keep_structure=args.structure,
+    )
+    print(json.dumps(summary, indent=2))
+    return summary
