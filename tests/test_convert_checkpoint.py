@@ -248,6 +248,8 @@ def test_convert_command_line(tmp_path):
         [str(PARITY / "checkpoint.pkl"), "--output_dir", str(tmp_path / "out"), "--config", str(config_path)]
     )
     assert (tmp_path / "out" / "model.safetensors").exists()
+    card = (tmp_path / "out" / "README.md").read_text()  # the likelihood convention is stated with the weights
+    assert "reserve_lattice_site: true" in card and "reserve_lattice_site=False" in card
     reloaded = CrystalFormerForCrystalGeneration.from_pretrained(tmp_path / "out")
     assert reloaded.config.num_attention_heads == 4 and reloaded.config.head_dim == 16
     tokens = np.load(PARITY / "tokens.npz")

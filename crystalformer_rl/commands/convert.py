@@ -14,6 +14,7 @@ from ..modeling_crystalformer.convert_crystalformer_checkpoint import (
     OFFICIAL_CHECKPOINTS,
     _as_config_kwargs,
     load_crystalformer_checkpoint,
+    write_converted_model_card,
 )
 from . import parse_args
 from .parser import CommandArguments
@@ -67,6 +68,7 @@ def run_convert(args: ConvertArguments | list[str] | None = None):
         args.checkpoint, config=config or None, dtype=getattr(torch, args.dtype), **hub_kwargs
     )
     model.save_pretrained(args.output_dir)
+    write_converted_model_card(model, str(args.checkpoint), args.output_dir)
     if args.push_to_hub:
         model.push_to_hub(args.push_to_hub)
     print(

@@ -79,8 +79,14 @@ def _fit(matcher: StructureMatcher, a: Structure, b: Structure) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return bool(matcher.fit(a, b))
-    except Exception as exc:  # a degenerate cell must not end an evaluation
-        logger.debug("StructureMatcher failed: %s", exc)
+    except Exception as exc:  # a degenerate cell must not end an evaluation; it counts as no match, visibly
+        logger.warning(
+            "StructureMatcher failed on %s vs %s (%s: %s): counted as no match",
+            a.composition.reduced_formula,
+            b.composition.reduced_formula,
+            type(exc).__name__,
+            exc,
+        )
         return False
 
 

@@ -339,3 +339,44 @@ def load_crystalformer_checkpoint(path_or_hub_file, config=None, model_class=Non
             )
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+def write_converted_model_card(model, source: str, output_dir: str | os.PathLike) -> Path:
+    """``README.md`` of a converted checkpoint: where it came from, its size, and the likelihood convention it
+    loads with (``reserve_lattice_site``), the one place where this port deliberately differs from the reference."""
+    config = model.config
+    reserved = bool(config.reserve_lattice_site)
+    convention = (
+        "`reserve_lattice_site: true` (this project's default): the last of the `n_max` sites may only be padding, "
+        "so every sampled crystal keeps a row to read its lattice from. For crystals with `n_max - 1` or more sites "
+        "the log-likelihood lacks the reference's log p(stop) term; all other crystals get the reference's value. "
+        "For the reference's likelihood exactly, load with "
+        "`CrystalFormerForCrystalGeneration.from_pretrained(folder, reserve_lattice_site=False)`."
+        if reserved
+        else "`reserve_lattice_site: false`: the reference's convention exactly (a crystal filling all `n_max` "
+        "sites reads its lattice from the last site's row, as JAX clamps the index)."
+    )
+    text = f"""---
+library_name: transformers
+tags: [crystalformer, crystal-generation, materials]
+---
+# CrystalFormer, converted from `{Path(str(source)).name}`
+
+Converted with `crystalformer-rl convert` from the official CrystalFormer (JAX/Haiku) checkpoint `{source}`.
+The parameters are the reference's, renamed; the conversion is checked to 1e-8 in float64 against the reference's
+log-likelihoods (`tests/test_convert_checkpoint.py`).
+
+| | |
+|---|---|
+| parameters | {model.num_parameters():,} |
+| layers / heads × head size / hidden size | {config.num_hidden_layers} / {config.num_attention_heads} × {config.head_dim} / {config.hidden_size} |
+| position embedding | {config.position_embedding_type} |
+| n_max (sites) | {config.n_max} |
+
+## Likelihood convention
+
+{convention}
+"""
+    path = Path(output_dir) / "README.md"
+    path.write_text(text)
+    return path

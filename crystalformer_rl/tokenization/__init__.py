@@ -27,6 +27,7 @@ from .tokenization_crystalformer import (
     CrystalTokens,
     decode_tokens,
     expand_orbit,
+    is_token_string,
     to_structure,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "crystal_system_lattice",
     "decode_tokens",
     "expand_orbit",
+    "is_token_string",
     "model_to_physical_lattice",
     "physical_to_model_lattice",
     "to_structure",

@@ -54,8 +54,14 @@ if TYPE_CHECKING:
 
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 TOKEN_FIELDS = ("G", "W", "A", "XYZ", "L")
-# A CrystalFormer token string starts with its space group: "225-a-La-0-0-0-...-5.1-5.1-5.1-90-90-90".
-_TOKEN_STRING = re.compile(r"\d{1,3}-")
+# A CrystalFormer token string: a space group, a Wyckoff letter and an element symbol first, on one line
+# ("225-a-La-0-0-0-...-5.1-5.1-5.1-90-90-90"); never a CIF, a path or JSON.
+_TOKEN_STRING = re.compile(r"^\d{1,3}-[a-zA-Z]-[A-Z][a-z]?-[^\n]*$")
+
+
+def is_token_string(text: str) -> bool:
+    """Whether ``text`` has the form of a CrystalFormer token string (the one rule every reader of them uses)."""
+    return bool(_TOKEN_STRING.match(text.strip()))
 
 
 class TokenBatch(Protocol):
@@ -535,7 +541,7 @@ def to_structure(crystal: Any, name: str | None = None) -> Structure:
             is_file = False
         if is_file:
             return _from_file(path, label)
-        if _TOKEN_STRING.match(text):
+        if is_token_string(text):
             return CrystalTokens.from_string(text).to_structure()
         raise InvalidStructureError(f"{label}: no such file (and not CIF text or a token string)")
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .. import sampling
-from ..tokenization import CrystalTokenizationError, CrystalTokenizer, CrystalTokens
+from ..tokenization import CrystalTokenizationError, CrystalTokenizer, CrystalTokens, is_token_string
 from ..utils import atomic_write_table, atomic_write_text
 
 
@@ -37,8 +36,6 @@ TOKEN_KEYS = ("G", "W", "A", "XYZ", "L")
 PAIR_COLUMNS = tuple(f"{side}_{key}" for side in SIDES for key in TOKEN_KEYS)
 FAILURE_COLUMNS = ["id", "side", "error_type", "error"]
 PAIRS_FILE, FAILURES_FILE, SUMMARY_FILE = "pairs.parquet", "pair_failures.csv", "pairs_summary.json"
-# "225-a-Na-..." : a space group, a Wyckoff letter and an element symbol; not a CIF, a path or JSON.
-_TOKEN_STRING = re.compile(r"^\d{1,3}-[a-zA-Z]-[A-Z][a-z]?-")
 
 
 class UnusablePairError(ValueError):
@@ -55,7 +52,7 @@ def as_crystal_tokens(crystal: Any, tokenizer: CrystalTokenizer, name: str | Non
         raise CrystalTokenizationError(f"{name or 'crystal'}: missing value")
     if isinstance(crystal, str):
         text = crystal.strip()
-        if _TOKEN_STRING.match(text) and "\n" not in text:
+        if is_token_string(text):
             return CrystalTokens.from_string(text, tokenizer.n_max)
         if text.startswith("{") and '"G"' in text:
             return CrystalTokens.from_dict(json.loads(text), tokenizer.n_max)
