@@ -8,8 +8,9 @@ Each ``--eval LABEL=EVAL_DIR[:RUN_DIR]`` is an evaluation folder (``structures.c
 optionally the training run that made the model (its ``log_history.json`` gives the last logged KL to the base
 model and the compute). Writes ``<output>_summary.json`` / ``.md`` (stable, unique, novel, S.U.N., S.U.N. per
 second, single-element share, distinct stable chemical systems, median E_hull, KL) and ``<output>_ehull.png``
-(overlaid E_hull histograms); with ``--curves``, ``<output>_curves.png`` (stable fraction, KL, uniqueness and
-single-element share against the step); with ``--space-groups``, ``<output>_space_groups.png`` (stable and S.U.N. rates per
+(overlaid E_hull histograms) and ``<output>_rates.png`` (stable and S.U.N. bars per model with its KL); with ``--curves``, ``<output>_curves.png`` (stable fraction, KL, uniqueness and
+single-element share against the step); with ``--preference-curves`` (DPO runs), ``<output>_preference.png``
+(held-out loss, held-out and training preference accuracy, KL to the reference against the step); with ``--space-groups``, ``<output>_space_groups.png`` (stable and S.U.N. rates per
 space group, Fig. 4 of the paper).
 """
 
@@ -27,13 +28,27 @@ def elements(formula) -> tuple[str, ...]:
     return tuple(sorted(set(re.findall(r"[A-Z][a-z]?", formula)))) if isinstance(formula, str) else ()
 
 
+def log_history(run_dir: Path) -> list[dict]:
+    """A run's logged history: ``log_history.json`` of a finished run, else its newest checkpoint's trainer state."""
+    if (run_dir / "log_history.json").exists():
+        return json.loads((run_dir / "log_history.json").read_text())
+    states = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    return json.loads(states[-1].read_text())["log_history"] if states else []
+
+
 def run_facts(run_dir: Path | None) -> dict:
-    if run_dir is None or not (run_dir / "log_history.json").exists():
+    if run_dir is None:
         return {}
-    history = json.loads((run_dir / "log_history.json").read_text())
+    if (run_dir / "trainer_state.json").exists():  # a checkpoint: its own state, up to its step
+        history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    else:
+        history = log_history(run_dir)
+    # RL logs the sampled batches' KL as "kl"; DPO logs the KL of fresh policy samples at each evaluation
+    preference = any("eval_kl" in h for h in history)
+    history = [dict(h, kl=h["eval_kl"]) if "eval_kl" in h else h for h in history]
     logged = [h for h in history if "kl" in h]
     last = logged[-1] if logged else {}
-    tail = logged[-5:]
+    tail = logged[-1:] if preference else logged[-5:]  # a DPO evaluation already averages 256 fresh samples
     end = next((h for h in reversed(history) if "train_runtime" in h), {})
     return {
         "steps": last.get("step"),
@@ -156,12 +171,85 @@ def plot_runs(runs: dict[str, Path], path: str, window: int = 10) -> None:
     plt.close(fig)
 
 
+def plot_preference_runs(runs: dict[str, Path], path: str) -> None:
+    """DPO runs against the step: held-out loss, preference accuracy (held-out solid, training dotted) and the KL
+    of fresh policy samples to the reference, so where held-out accuracy plateaus and memorising starts is visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.4))
+    for index, (label, run_dir) in enumerate(runs.items()):
+        history = log_history(run_dir)
+        color = f"C{index}"
+        evals = [h for h in history if "eval_loss" in h]
+        train = [h for h in history if "loss" in h and "rewards/accuracies" in h]
+        steps = [h["step"] for h in evals]
+        axes[0].plot(steps, [h["eval_loss"] for h in evals], "o-", color=color, ms=3, label=label)
+        axes[1].plot(
+            steps, [h["eval_rewards/accuracies"] for h in evals], "o-", color=color, ms=3, label=f"{label}, held out"
+        )
+        axes[1].plot(
+            [h["step"] for h in train],
+            [h["rewards/accuracies"] for h in train],
+            ":",
+            color=color,
+            label=f"{label}, training",
+        )
+        axes[2].plot(steps, [h["eval_kl"] for h in evals], "o-", color=color, ms=3, label=label)
+    axes[0].axhline(0.6931, color="grey", lw=0.8, ls="--")  # ln 2: the loss of a policy equal to the reference
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
+    for ax, title in zip(
+        axes, ("held-out DPO loss (ln 2 = reference)", "preference accuracy", "KL(πθ ‖ π_ref) of fresh samples")
+    ):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimizer step")
+    axes[1].set_ylim(0.4, 1.02)
+    axes[1].legend(fontsize=7)
+    axes[2].set_yscale("symlog", linthresh=0.01)  # the sampled KL estimate of a barely moved policy can dip below 0
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_rates(rows: dict[str, dict], path: str) -> None:
+    """Stable and S.U.N. rates of each model side by side, labelled with its KL to the base model: the comparison
+    "at a similar KL" read from one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = list(rows)
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(1.7 * len(labels) + 1.5, 3.6))
+    for offset, (key, name) in zip((-0.2, 0.2), (("stable_unrelaxed", "stable"), ("sun_unrelaxed", "S.U.N."))):
+        values = [100 * (rows[k].get(key) or 0) for k in labels]
+        bars = ax.bar(x + offset, values, 0.4, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    kls = [rows[k].get("kl_last5_mean") for k in labels]
+    ax.set_xticks(
+        x, [f"{k}\nKL {kl:.2g}" if kl is not None else f"{k}\nKL 0" for k, kl in zip(labels, kls)], fontsize=7
+    )
+    ax.set_ylabel("% of 1,000 fresh samples (unrelaxed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval", nargs="+", help="LABEL=EVAL_DIR[:RUN_DIR], the base model first")
     parser.add_argument("--space-groups", nargs="*", default=[], help="LABEL=EVAL_DIR of per-space-group draws")
     parser.add_argument("--histogram", nargs="*", default=None, help="labels of --eval in the histogram (default all)")
     parser.add_argument("--curves", nargs="*", default=[], help="LABEL=RUN_DIR of RL runs to plot against the step")
+    parser.add_argument(
+        "--preference-curves", nargs="*", default=[], help="LABEL=RUN_DIR of DPO runs to plot against the step"
+    )
+    parser.add_argument("--title", default="E_hull of 1,000 fresh samples (CHGNet, unrelaxed)", help="histogram title")
     parser.add_argument("--output", help="path prefix of the outputs")
     parser.add_argument(
         "--checkpoint-at-kl", nargs=2, metavar=("RUN_DIR", "KL"), help="print the run's checkpoint nearest that KL"
@@ -181,6 +269,7 @@ def main():
     rows = {label: facts(eval_dir, run_dir) for label, (eval_dir, run_dir) in runs.items()}
     Path(f"{out}_summary.json").write_text(json.dumps(rows, indent=2))
     Path(f"{out}_summary.md").write_text(markdown(rows))
+    plot_rates(rows, f"{out}_rates.png")
     shown = args.histogram or list(runs)
     plot_ehull_histogram(
         {
@@ -189,10 +278,14 @@ def main():
             if label in shown
         },
         f"{out}_ehull.png",
-        title="E_hull of 1,000 fresh samples (CHGNet, unrelaxed)",
+        title=args.title,
     )
     if args.curves:
         plot_runs({label: Path(d) for label, (d, _) in parse(args.curves).items()}, f"{out}_curves.png")
+    if args.preference_curves:
+        plot_preference_runs(
+            {label: Path(d) for label, (d, _) in parse(args.preference_curves).items()}, f"{out}_preference.png"
+        )
     if args.space_groups:
         tables = {label: pd.read_csv(d / "space_groups.csv") for label, (d, _) in parse(args.space_groups).items()}
         plot_space_group_rates(

@@ -133,6 +133,9 @@ def test_rl_accepts_resume_from_checkpoint(tiny_folder, tmp_path, monkeypatch):
         def __init__(self, model, rewards, args=None, train_dataset=None):
             pass
 
+        def add_callback(self, callback):  # the command adds the checkpoint-files callback before training
+            pass
+
         def train(self, resume_from_checkpoint=None):
             seen["checkpoint"] = resume_from_checkpoint
             raise _Stop
