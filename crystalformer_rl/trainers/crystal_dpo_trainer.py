@@ -39,7 +39,7 @@ from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
 from ..tokenization import CrystalCollator, CrystalTokenizer
 from ..utils import atomic_write_with
 from .crystal_dpo_config import CrystalDPOConfig
-from .crystal_rloo_trainer import TOKEN_KEYS, disable_all_dropout
+from .crystal_rloo_trainer import TOKEN_KEYS, prepare_policy
 from .dpo_pairs import PAIR_COLUMNS, pair_tokens, pairs_dataset
 
 
@@ -187,12 +187,7 @@ class CrystalDPOTrainer(Trainer):
         **kwargs,
     ):
         args = args or CrystalDPOConfig(output_dir="crystalformer-dpo")
-        if isinstance(model, (str, os.PathLike)):
-            model = CrystalFormerForCrystalGeneration.from_pretrained(model)
-        if args.disable_dropout:
-            disable_all_dropout(model)
-        # The symmetry tables are constant buffers (some boolean, which gloo cannot broadcast): DDP skips them.
-        model._ddp_params_and_buffers_to_ignore = [name for name, _ in model.named_buffers()]
+        model = prepare_policy(model, args)
         reference = ref_model if ref_model is not None else model
         n_max = model.config.n_max
         collator = PairCollator(n_max)

@@ -97,6 +97,18 @@ def space_group_prompts(space_groups: Sequence[int], extra_columns: dict[str, Se
     return Dataset.from_dict({"prompt": groups, **(extra_columns or {})})
 
 
+def prepare_policy(model, args):
+    """The policy as the fine-tuning trainers (RL, DPO) take it: loaded if given as a path, dropout off when
+    ``args.disable_dropout``, and DDP told to skip the constant symmetry buffers (some boolean, which gloo cannot
+    broadcast)."""
+    if isinstance(model, (str, os.PathLike)):
+        model = CrystalFormerForCrystalGeneration.from_pretrained(model)
+    if args.disable_dropout:
+        disable_all_dropout(model)
+    model._ddp_params_and_buffers_to_ignore = [name for name, _ in model.named_buffers()]
+    return model
+
+
 def disable_all_dropout(model: torch.nn.Module) -> None:
     """Zero every dropout, including functional attention dropout (TRL's ``disable_dropout`` only reaches
     ``nn.Dropout``): sampling, old log-probs and the loss must all see the same deterministic model."""
@@ -139,12 +151,7 @@ class CrystalRLOOTrainer(RLOOTrainer):
         rollout_fn: Callable | None = None,
     ):
         args = args or CrystalRLConfig(output_dir="crystalformer-rl")
-        if isinstance(model, (str, os.PathLike)):
-            model = CrystalFormerForCrystalGeneration.from_pretrained(model)
-        if args.disable_dropout:
-            disable_all_dropout(model)
-        # The symmetry tables are constant buffers (some boolean, which gloo cannot broadcast): DDP skips them.
-        model._ddp_params_and_buffers_to_ignore = [name for name, _ in model.named_buffers()]
+        model = prepare_policy(model, args)
         if getattr(model, "generation_config", None) is None:
             model.generation_config = GenerationConfig()
         # p_base: copied before TRL patches the policy's forward (a later copy would share it: KL ≡ 0).
