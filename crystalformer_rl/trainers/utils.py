@@ -4,6 +4,7 @@ reference saved beside a pretrained model."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -70,9 +71,12 @@ def write_base_model_files(base_model: str | None, folder: Path) -> None:
         (folder / SPACE_GROUP_FILE).write_text(json.dumps(counts))
     reference = model_reference(base_model)
     if reference is not None:
-        shutil.copyfile(
-            reference, folder / (REFERENCE_FILES[1] if reference.suffix == ".parquet" else REFERENCE_FILES[0])
-        )
+        target = folder / (REFERENCE_FILES[1] if reference.suffix == ".parquet" else REFERENCE_FILES[0])
+        target.unlink(missing_ok=True)
+        try:  # a hard link: every checkpoint carries the reference without another copy of its megabytes
+            os.link(reference, target)
+        except OSError:  # another file system
+            shutil.copyfile(reference, target)
 
 
 class BaseModelFilesCallback(TrainerCallback):
