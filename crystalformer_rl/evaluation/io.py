@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
-from ..tokenization import CrystalTokens, to_structure
+from ..tokenization import TOKEN_FIELDS, CrystalTokens, to_structure
 from ..utils import atomic_write_bytes, atomic_write_table, atomic_write_text
 
 
@@ -40,7 +40,7 @@ __all__ = [
 STRUCTURE_COLUMNS = ("cif", "structure", "tokens")
 ID_COLUMNS = ("id", "material_id", "name", "mat_id")
 #: token arrays of a prepared dataset or corpus row; used when no text column is present
-TOKEN_ARRAY_COLUMNS = ("G", "W", "A", "XYZ", "L")
+TOKEN_ARRAY_COLUMNS = TOKEN_FIELDS
 TOKEN_ARRAYS = "G,W,A,XYZ,L"
 #: keys of a parquet file's metadata or of a side-car JSON that give the wall time spent sampling
 SAMPLING_TIME_KEYS = ("sampling_seconds", "sampling_time_s", "sampling_time", "wall_seconds")

@@ -22,6 +22,7 @@ from .errors import (
     TooManySitesError,
 )
 from .tokenization_crystalformer import (
+    TOKEN_FIELDS,
     CrystalCollator,
     CrystalTokenizer,
     CrystalTokens,
@@ -33,6 +34,7 @@ from .tokenization_crystalformer import (
 
 
 __all__ = [
+    "TOKEN_FIELDS",
     "ELEMENT_SYMBOLS",
     "CrystalCollator",
     "CrystalTokenizationError",

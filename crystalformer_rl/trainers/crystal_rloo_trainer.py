@@ -37,14 +37,14 @@ from transformers.utils import logging
 from trl import RLOOTrainer
 
 from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
-from ..tokenization import CrystalTokenizer, CrystalTokens, WyckoffTables
+from ..tokenization import TOKEN_FIELDS, CrystalTokenizer, CrystalTokens, WyckoffTables
 from ..utils import atomic_write_text
 from .crystal_rloo_config import CrystalRLConfig
 
 
 logger = logging.get_logger(__name__)
 EMA_STATE_NAME = "ema_baseline.json"
-TOKEN_KEYS = ("G", "W", "A", "XYZ", "L")
+TOKEN_KEYS = TOKEN_FIELDS  # the token arrays, in the model's order
 TRL_UNSCORABLE_WARNING = "at least one reward function returns a valid reward"
 
 

@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 
 from .. import sampling
-from ..tokenization import CrystalTokenizationError, CrystalTokenizer, CrystalTokens, is_token_string
+from ..tokenization import TOKEN_FIELDS, CrystalTokenizationError, CrystalTokenizer, CrystalTokens, is_token_string
 from ..utils import atomic_write_table, atomic_write_text
 
 
 SIDES = ("chosen", "rejected")
-TOKEN_KEYS = ("G", "W", "A", "XYZ", "L")
+TOKEN_KEYS = TOKEN_FIELDS
 PAIR_COLUMNS = tuple(f"{side}_{key}" for side in SIDES for key in TOKEN_KEYS)
 FAILURE_COLUMNS = ["id", "side", "error_type", "error"]
 PAIRS_FILE, FAILURES_FILE, SUMMARY_FILE = "pairs.parquet", "pair_failures.csv", "pairs_summary.json"

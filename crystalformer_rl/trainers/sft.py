@@ -55,7 +55,7 @@ def build_sft_dataset(
 
     from ..pretrained import space_group_distribution
     from ..sampling import draw_space_groups, sample_crystals
-    from ..tokenization import CrystalTokenizationError, CrystalTokenizer
+    from ..tokenization import TOKEN_FIELDS, CrystalTokenizationError, CrystalTokenizer
 
     groups = draw_space_groups(num_samples, None, space_group_distribution(space_groups_of), sample_seed)
     crystals, _, _ = sample_crystals(model, groups, seed=sample_seed)
@@ -82,4 +82,4 @@ def build_sft_dataset(
     (output_dir / "sft_selection.json").write_text(json.dumps(counts, indent=2))
     if not rows:
         raise RuntimeError(f"no sampled crystal has E_hull < {ehull_threshold} eV/atom: {counts}")
-    return Dataset.from_list([{k: r[k] for k in ("G", "W", "A", "XYZ", "L")} for r in rows]), counts
+    return Dataset.from_list([{k: r[k] for k in TOKEN_FIELDS} for r in rows]), counts
