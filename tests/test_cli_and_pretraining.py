@@ -169,6 +169,11 @@ def test_shipped_configs_parse():
             assert config.failure_reward == 0.0 and config.reward_clip_range is None
         else:
             assert config.failure_reward == -10.0 and tuple(config.reward_clip_range) == (-10.0, 10.0)
+    for path in sorted((REPO / "configs").glob("rl_*.yaml")):  # every shipped RL config, with valid reward kwargs
+        script, config = TrlParser((RLScriptArguments, CrystalRLConfig)).parse_args_and_config(["--config", str(path)])
+        assert config.save_steps % config.num_iterations == 0, path.name
+        kwargs = json.loads(script.reward_kwargs) if script.reward_kwargs else {}
+        assert set(kwargs) <= set(script.rewards), path.name
 
 
 def test_accelerate_configs_load_and_validate():

@@ -562,3 +562,22 @@ def test_chgnet_batched_efs_equals_chgnets_own_prediction(name):
         np.testing.assert_allclose(forces, ref["f"], atol=2e-3)
         np.testing.assert_allclose(stress, np.asarray(ref["s"]) * units.GPa, atol=1e-4)
     assert max(np.abs(f).max() for _, f, _ in ours) > 0.05  # the check compared real forces
+
+
+def test_a_reward_clip_range_floors_one_term_and_leaves_the_physical_value_alone():
+    """E_hull clipped at 0: a crystal the potential puts below the hull gets no credit for it (the error the
+    figure-of-merit + E_hull run exploited); the physical value stays unclipped and failures keep failure_reward."""
+    emt = ASEEnergyModel(EMT(), energy_scale="toy")
+    cu = fcc("Cu", 3.61)
+    (e_cu,) = emt.predict_energies([cu])
+    hull = ReferenceHull.from_entries([PDEntry(Composition("Cu"), e_cu + 0.5)], energy_scale="toy", name="shifted")
+    plain = EhullReward(EMT(), hull=hull, energy_scale="toy")
+    assert plain.compute([cu])[0] == pytest.approx(-0.5, abs=1e-6)
+    assert plain(completions=[cu]) == [pytest.approx(0.5, abs=1e-6)]
+    floored = EhullReward(EMT(), hull=hull, energy_scale="toy", reward_clip_range=(-1.0, 0.0), failure_reward=-3.0)
+    squeezed = fcc("Cu", 3.0)
+    assert floored.compute([squeezed])[0] > 1.0
+    assert floored(completions=[cu, squeezed, Tokens(None)]) == [0.0, -1.0, -3.0]
+    assert floored.compute([cu]) == plain.compute([cu])
+    with pytest.raises(ValueError, match="volume: reward_clip_range .* min > max"):
+        Volume(reward_clip_range=(1.0, 0.0))

@@ -156,6 +156,10 @@ class CrystalReward(ABC):
             code's clipped worst value.
         min_distance: atoms closer than this (Å) are "overlapping" and not scored.
         max_atoms: larger cells are not scored (memory/time guard).
+        reward_clip_range: clip this reward to ``(min, max)`` before TRL combines it with others (the trainer's
+            ``reward_clip_range`` clips the weighted total). A floor on one term of a sum, e.g. ``(-1, 0)`` on E_hull
+            gives no credit below the hull, where an MLIP's errors would otherwise be rewarded. ``failure_reward``
+            is not clipped.
     """
 
     #: short name used in logs and TRL metric names
@@ -170,7 +174,14 @@ class CrystalReward(ABC):
         failure_reward: float | None = None,
         min_distance: float = 0.5,
         max_atoms: int = 500,
+        reward_clip_range: tuple[float, float] | None = None,
     ) -> None:
+        if reward_clip_range is not None:
+            low, high = (float(v) for v in reward_clip_range)
+            if not low <= high:
+                raise ValueError(f"{self.name}: reward_clip_range {tuple(reward_clip_range)} has min > max")
+            reward_clip_range = (low, high)
+        self.reward_clip_range = reward_clip_range
         self.cache_size = int(cache_size)
         self.failure_reward = failure_reward
         self.min_distance = float(min_distance)
@@ -305,7 +316,11 @@ class CrystalReward(ABC):
             except Exception as exc:  # a combination can fail on one value; never on the whole batch
                 logger.warning("%s: reward transform failed: %s", self.name, exc)
                 r = None
-            rewards.append(r if r is None or math.isfinite(r) else self.failure_reward)
+            if r is not None and not math.isfinite(r):
+                r = self.failure_reward
+            elif r is not None and self.reward_clip_range is not None:
+                r = min(max(r, self.reward_clip_range[0]), self.reward_clip_range[1])
+            rewards.append(r)
         self._log_to_trainer(values, kwargs)
         return rewards
 
