@@ -581,3 +581,24 @@ def test_a_reward_clip_range_floors_one_term_and_leaves_the_physical_value_alone
     assert floored.compute([cu]) == plain.compute([cu])
     with pytest.raises(ValueError, match="volume: reward_clip_range .* min > max"):
         Volume(reward_clip_range=(1.0, 0.0))
+
+
+def test_stable_figure_of_merit_scores_only_stable_crystals(dielectric, band_gap, ehull):
+    """FoM if CHGNet E_hull < 0.1 eV/atom, else 0: NaCl near its MP ground state keeps its FoM, the same cell
+    stretched 20 % (far above the hull, a larger ε·E_g is no excuse) scores 0; an unscorable crystal is None."""
+    from crystalformer_rl.commands.train import load_reward
+    from crystalformer_rl.reward_models import StableFigureOfMeritReward
+
+    nacl, stretched = rocksalt(), rocksalt(lattice=5.69 * 1.2)
+    e_hull = ehull.compute([nacl, stretched])
+    assert e_hull[0] < 0.1 < e_hull[1]
+    fom = FigureOfMeritReward(dielectric=dielectric)
+    gated = StableFigureOfMeritReward(figure_of_merit=fom, stability=StabilityReward(ehull))
+    plain = fom.compute([nacl])[0]
+    assert plain > 0
+    assert gated(completions=[nacl, stretched, overlapping()]) == [pytest.approx(plain), 0.0, None]
+    assert gated.__name__ == "stable_fom"
+    assert isinstance(
+        load_reward("stable_figure_of_merit", stability=StabilityReward(ehull), figure_of_merit=fom),
+        StableFigureOfMeritReward,
+    )

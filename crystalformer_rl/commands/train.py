@@ -34,6 +34,7 @@ REWARDS = {
     "band_gap": "crystalformer_rl.reward_models:BandGapReward",
     "dielectric": "crystalformer_rl.reward_models:DielectricReward",
     "figure_of_merit": "crystalformer_rl.reward_models:FigureOfMeritReward",
+    "stable_figure_of_merit": "crystalformer_rl.reward_models:StableFigureOfMeritReward",
     "ehull_sun": "crystalformer_rl.reward_models:SUNReward",
 }
 

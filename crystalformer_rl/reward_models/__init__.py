@@ -17,7 +17,14 @@ Example::
 
 from ..devices import DeviceError, resolve_device
 from .base import CallStats, CrystalReward, Failure, as_structure, check_structure, structure_fingerprint
-from .combine import FigureOfMeritReward, ProductReward, StabilityReward, ThresholdReward, WeightedSumReward
+from .combine import (
+    FigureOfMeritReward,
+    ProductReward,
+    StabilityReward,
+    StableFigureOfMeritReward,
+    ThresholdReward,
+    WeightedSumReward,
+)
 from .ehull import EhullReward, EnergyScaleMismatchError
 from .energy import (
     ASEEnergyModel,
@@ -66,6 +73,7 @@ __all__ = [
     "SUNReward",
     "SevenNetEnergyModel",
     "StabilityReward",
+    "StableFigureOfMeritReward",
     "StructureArchive",
     "ThresholdReward",
     "WeightedSumReward",

@@ -173,3 +173,30 @@ class StabilityReward(ThresholdReward):
     ) -> None:
         ehull = ehull or EhullReward(device=device)
         super().__init__(ehull, threshold=threshold, below=True, name="stable", **kwargs)
+
+
+class StableFigureOfMeritReward(ProductReward):
+    """The figure of merit gated by stability: ε∞·E_g if E_hull < ``threshold`` (eV/atom), else 0.
+
+    A weighted sum FoM − w·E_hull cannot both stop exploits (FoM ≈ 500 at E_hull ≈ 2.5 eV/atom) and keep the FoM
+    in charge among near-stable crystals; the gate scores only stable crystals by their FoM. Pair it with a small
+    floored E_hull term (``ehull`` with ``reward_clip_range=(-10, 0)``) so unstable crystals still feel a slope.
+
+    Args:
+        uncertainty_penalty: ``k`` of the uncertainty-aware FoM (see :class:`FigureOfMeritReward`).
+        threshold: the stability threshold (0.1: the paper's "stable").
+        device: where the default models run.
+    """
+
+    def __init__(
+        self,
+        uncertainty_penalty: float = 0.0,
+        threshold: float = 0.1,
+        device: Any = "auto",
+        figure_of_merit: FigureOfMeritReward | None = None,
+        stability: StabilityReward | None = None,
+        **kwargs: Any,
+    ) -> None:
+        fom = figure_of_merit or FigureOfMeritReward(device=device, uncertainty_penalty=uncertainty_penalty)
+        stable = stability or StabilityReward(threshold=threshold, device=device)
+        super().__init__([fom, stable], name="stable_fom", **kwargs)
