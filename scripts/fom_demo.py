@@ -87,6 +87,7 @@ def main():
         frame.insert(0, "model", label)
         frame["structure"] = loaded.structures
         frames[label] = frame
+        frame.drop(columns="structure").to_csv(work / label / "scored.csv", index=False)  # per sample, for reanalysis
     both = pd.concat(frames.values(), ignore_index=True)
 
     history = json.loads((Path(args.tuned) / "log_history.json").read_text())
@@ -102,7 +103,7 @@ def main():
         product_isolines=[20, 50, 100],
         logy=True,
         title="space group 225: base vs RL (FoM = ε·E_g)",
-        inset=(steps, fom_curve, "mean FoM reward"),
+        inset=(steps, fom_curve, "mean reward (all terms)"),
     )
     plots.plot_ehull_histogram({k: v["e_hull"].tolist() for k, v in frames.items()}, f"{out}_ehull.png")
 
@@ -127,6 +128,12 @@ def main():
             "fom_max": float(fom.max()) if fom.size else None,
             "stable_fraction_unrelaxed": float((frame["e_hull"] <= 0.1).mean()),
             "e_hull_median": float(frame["e_hull"].median()),
+            # the useful candidates: stable (unrelaxed) and FoM >= 10 eV, by formula
+            "stable_with_fom_at_least_10": int(((frame["e_hull"] <= 0.1) & (frame["fom"] >= 10)).sum()),
+            "distinct_stable_formulas_with_fom_at_least_10": int(
+                frame.loc[(frame["e_hull"] <= 0.1) & (frame["fom"] >= 10), "formula"].nunique()
+            ),
+            "unique_formula_fraction": float(frame["formula"].nunique() / max(len(frame), 1)),
         }
 
     summary = {
