@@ -598,6 +598,8 @@ def test_stable_figure_of_merit_scores_only_stable_crystals(dielectric, band_gap
     assert plain > 0
     assert gated(completions=[nacl, stretched, overlapping()]) == [pytest.approx(plain), 0.0, None]
     assert gated.__name__ == "stable_fom"
+    with pytest.raises(ValueError, match="threshold=0.05 contradicts"):
+        StableFigureOfMeritReward(figure_of_merit=fom, stability=StabilityReward(ehull), threshold=0.05)
     assert isinstance(
         load_reward("stable_figure_of_merit", stability=StabilityReward(ehull), figure_of_merit=fom),
         StableFigureOfMeritReward,

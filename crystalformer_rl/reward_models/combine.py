@@ -197,6 +197,16 @@ class StableFigureOfMeritReward(ProductReward):
         stability: StabilityReward | None = None,
         **kwargs: Any,
     ) -> None:
+        if figure_of_merit is not None and float(uncertainty_penalty) not in (
+            0.0,
+            figure_of_merit.dielectric.uncertainty_penalty,
+        ):
+            raise ValueError(
+                f"uncertainty_penalty={uncertainty_penalty} contradicts the given figure_of_merit's "
+                f"({figure_of_merit.dielectric.uncertainty_penalty}): pass only one"
+            )
+        if stability is not None and float(threshold) != stability.threshold:
+            raise ValueError(f"threshold={threshold} contradicts the given stability reward's ({stability.threshold})")
         fom = figure_of_merit or FigureOfMeritReward(device=device, uncertainty_penalty=uncertainty_penalty)
         stable = stability or StabilityReward(threshold=threshold, device=device)
         super().__init__([fom, stable], name="stable_fom", **kwargs)
