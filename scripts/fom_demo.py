@@ -120,6 +120,7 @@ def main():
 
     def stats(frame):
         fom = frame["fom"].dropna()
+        useful = (frame["e_hull"] <= 0.1) & (frame["fom"] >= 10)  # stable (unrelaxed) and FoM >= 10 eV
         return {
             "samples": len(frame),
             "scored": int(fom.size),
@@ -128,11 +129,8 @@ def main():
             "fom_max": float(fom.max()) if fom.size else None,
             "stable_fraction_unrelaxed": float((frame["e_hull"] <= 0.1).mean()),
             "e_hull_median": float(frame["e_hull"].median()),
-            # the useful candidates: stable (unrelaxed) and FoM >= 10 eV, by formula
-            "stable_with_fom_at_least_10": int(((frame["e_hull"] <= 0.1) & (frame["fom"] >= 10)).sum()),
-            "distinct_stable_formulas_with_fom_at_least_10": int(
-                frame.loc[(frame["e_hull"] <= 0.1) & (frame["fom"] >= 10), "formula"].nunique()
-            ),
+            "stable_with_fom_at_least_10": int(useful.sum()),
+            "distinct_stable_formulas_with_fom_at_least_10": int(frame.loc[useful, "formula"].nunique()),
             "unique_formula_fraction": float(frame["formula"].nunique() / max(len(frame), 1)),
         }
 

@@ -594,12 +594,14 @@ def test_stable_figure_of_merit_scores_only_stable_crystals(dielectric, band_gap
     assert e_hull[0] < 0.1 < e_hull[1]
     fom = FigureOfMeritReward(dielectric=dielectric)
     gated = StableFigureOfMeritReward(figure_of_merit=fom, stability=StabilityReward(ehull))
-    plain = fom.compute([nacl])[0]
-    assert plain > 0
+    plain, unstable = fom.compute([nacl, stretched])
+    assert plain > 0 and unstable > 0  # the gate, not the FoM, gives the stretched cell its 0
     assert gated(completions=[nacl, stretched, overlapping()]) == [pytest.approx(plain), 0.0, None]
     assert gated.__name__ == "stable_fom"
     with pytest.raises(ValueError, match="threshold=0.05 contradicts"):
         StableFigureOfMeritReward(figure_of_merit=fom, stability=StabilityReward(ehull), threshold=0.05)
+    with pytest.raises(ValueError, match="uncertainty_penalty=1.0 contradicts"):
+        StableFigureOfMeritReward(figure_of_merit=fom, stability=StabilityReward(ehull), uncertainty_penalty=1.0)
     assert isinstance(
         load_reward("stable_figure_of_merit", stability=StabilityReward(ehull), figure_of_merit=fom),
         StableFigureOfMeritReward,

@@ -183,30 +183,35 @@ class StableFigureOfMeritReward(ProductReward):
     floored E_hull term (``ehull`` with ``reward_clip_range=(-10, 0)``) so unstable crystals still feel a slope.
 
     Args:
-        uncertainty_penalty: ``k`` of the uncertainty-aware FoM (see :class:`FigureOfMeritReward`).
-        threshold: the stability threshold (0.1: the paper's "stable").
+        uncertainty_penalty: ``k`` of the uncertainty-aware FoM (see :class:`FigureOfMeritReward`; default 0, or
+            the given ``figure_of_merit``'s own).
+        threshold: the stability threshold (default 0.1, the paper's "stable", or the given ``stability``'s own).
         device: where the default models run.
+        figure_of_merit, stability: the two rewards to combine (default: built here); a contradicting
+            ``uncertainty_penalty`` or ``threshold`` raises ``ValueError``.
     """
 
     def __init__(
         self,
-        uncertainty_penalty: float = 0.0,
-        threshold: float = 0.1,
+        uncertainty_penalty: float | None = None,
+        threshold: float | None = None,
         device: Any = "auto",
         figure_of_merit: FigureOfMeritReward | None = None,
         stability: StabilityReward | None = None,
         **kwargs: Any,
     ) -> None:
-        if figure_of_merit is not None and float(uncertainty_penalty) not in (
-            0.0,
-            figure_of_merit.dielectric.uncertainty_penalty,
+        if figure_of_merit is None:
+            figure_of_merit = FigureOfMeritReward(device=device, uncertainty_penalty=uncertainty_penalty)
+        elif (
+            uncertainty_penalty is not None
+            and float(uncertainty_penalty) != figure_of_merit.dielectric.uncertainty_penalty
         ):
             raise ValueError(
                 f"uncertainty_penalty={uncertainty_penalty} contradicts the given figure_of_merit's "
                 f"({figure_of_merit.dielectric.uncertainty_penalty}): pass only one"
             )
-        if stability is not None and float(threshold) != stability.threshold:
+        if stability is None:
+            stability = StabilityReward(threshold=0.1 if threshold is None else threshold, device=device)
+        elif threshold is not None and float(threshold) != stability.threshold:
             raise ValueError(f"threshold={threshold} contradicts the given stability reward's ({stability.threshold})")
-        fom = figure_of_merit or FigureOfMeritReward(device=device, uncertainty_penalty=uncertainty_penalty)
-        stable = stability or StabilityReward(threshold=threshold, device=device)
-        super().__init__([fom, stable], name="stable_fom", **kwargs)
+        super().__init__([figure_of_merit, stability], name="stable_fom", **kwargs)
