@@ -20,7 +20,9 @@ from crystalformer_rl.tokenization import (
     TooManySitesError,
     WyckoffTables,
     crystal_system_lattice,
+    equivalent_representatives,
     expand_orbit,
+    random_representatives,
 )
 
 
@@ -220,6 +222,58 @@ def test_collator_caps_at_n_max():
     rows = [CrystalTokens.from_sites(1, [1] * 20, [8] * 20, np.random.rand(20, 3), np.ones(6)).as_dict()]
     batch = CrystalCollator(n_max=21, return_tensors="np")(rows)
     assert batch["W"].shape == (1, 21)
+
+
+class _FirstDraw:
+    """A generator whose first draw (the normalizer coset) is fixed; the later ones (representatives) random."""
+
+    def __init__(self, first: int, seed: int = 0):
+        self.first, self.rng = first, np.random.default_rng(seed)
+
+    def integers(self, high):
+        first, self.first = self.first, None
+        return first if first is not None else self.rng.integers(high)
+
+
+def test_every_equivalent_description_is_the_same_crystal(tokenizer, shared):
+    """Each normalizer coset with random representatives, on 60 real MP crystals: StructureMatcher finds the same
+    crystal every time, and the descriptions really differ (relabelled Wyckoff positions, moved coordinates)."""
+    from crystalformer_rl.tokenization.tokenization_crystalformer import _normalizer_cosets
+
+    frame = pd.read_csv(shared / "data" / "mp20_pilot" / "val.csv.gz").head(60)
+    matcher = StructureMatcher()
+    described = relabelled = moved = 0
+    for cif in frame.cif:
+        tokens = tokenizer.encode(cif)
+        structure = tokens.to_structure()
+        for coset in range(len(_normalizer_cosets(tokens.G)[0])):
+            other = random_representatives(tokens, _FirstDraw(coset))
+            assert matcher.fit(structure, other.to_structure()), (tokens.to_string(), coset, other.to_string())
+            described += 1
+            relabelled += not np.array_equal(other.W, tokens.W)
+            moved += not np.allclose(other.XYZ, tokens.XYZ)
+    assert described > 2 * len(frame) and relabelled > 0.1 * described and moved > 0.5 * described
+
+
+def test_cscl_relabels_under_the_origin_shift():
+    """CsCl (Pm-3m, Cs 1a + Cl 1b) is also Cs 1b + Cl 1a: the shift by (1/2, 1/2, 1/2) swaps the letters, the
+    sites re-sort by letter, and a point without freedom has one representative."""
+    cscl = CrystalTokens.from_string("221-a-Cs-0-0-0-b-Cl-0.5-0.5-0.5-4.12-4.12-4.12-90-90-90")
+    shifted = random_representatives(cscl, _FirstDraw(1))
+    assert shifted.to_string().startswith("221-a-Cl-0-0-0-b-Cs-1/2-1/2-1/2")
+    assert len(equivalent_representatives(221, 1, [0, 0, 0])) == 1
+    assert len(equivalent_representatives(225, 12, [0.11, 0.23, 0.37])) == 192  # Fm-3m general position
+    assert len(equivalent_representatives(225, 1, [0.3, 0.3, 0.3])) == 0  # not on the orbit of 4a
+
+
+def test_collator_redraws_the_description_only_when_asked(tokenizer, shared):
+    frame = pd.read_csv(shared / "data" / "mp20_pilot" / "val.csv.gz").head(40)
+    rows = [tokenizer.encode(cif).as_dict() for cif in frame.cif]
+    plain = CrystalCollator(return_tensors="np")(rows)
+    assert all(np.array_equal(plain[k], CrystalCollator(return_tensors="np")(rows)[k]) for k in plain)
+    augmented = CrystalCollator(return_tensors="np", random_representatives=True, seed=0)(rows)
+    assert np.array_equal(augmented["L"], plain["L"]) and np.array_equal(np.sort(augmented["A"]), np.sort(plain["A"]))
+    assert not np.allclose(augmented["XYZ"], plain["XYZ"])
 
 
 def test_lattice_symmetrisation_by_crystal_system():

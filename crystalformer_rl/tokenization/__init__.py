@@ -27,8 +27,10 @@ from .tokenization_crystalformer import (
     CrystalTokenizer,
     CrystalTokens,
     decode_tokens,
+    equivalent_representatives,
     expand_orbit,
     is_token_string,
+    random_representatives,
     to_structure,
 )
 
@@ -49,9 +51,11 @@ __all__ = [
     "WyckoffTables",
     "crystal_system_lattice",
     "decode_tokens",
+    "equivalent_representatives",
     "expand_orbit",
     "is_token_string",
     "model_to_physical_lattice",
     "physical_to_model_lattice",
+    "random_representatives",
     "to_structure",
 ]

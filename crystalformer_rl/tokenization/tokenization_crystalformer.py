@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +27,7 @@ from ..crystallography import (
     ELEMENT_SYMBOLS,
     NUM_SPACE_GROUPS,
     TRANSLATION_DENOMINATOR,
+    WYCK_TYPES,
     crystal_system_lattice,
     index_to_letter,
     lattice_length_scale,
@@ -264,6 +266,72 @@ def expand_orbit(space_group: int, wyckoff: int, xyz: np.ndarray) -> np.ndarray:
     diff -= np.rint(diff)
     best = images[np.argmin(np.linalg.norm(diff, axis=-1))]
     return _wrap(apply_op(tables.orbit(space_group, wyckoff), best))
+
+
+@lru_cache(maxsize=262_144)
+def _equivalent_representatives(space_group: int, wyckoff: int, xyz: tuple[float, float, float]) -> np.ndarray:
+    tables = WyckoffTables.load()
+    op0 = tables.op0[space_group - 1, wyckoff]
+    images = _wrap(apply_op(tables.general_ops(space_group), np.asarray(xyz, dtype=np.float64)))
+    offset = apply_op(op0, images) - images
+    candidates = _wrap(apply_op(op0, images[np.abs(offset - np.rint(offset)).max(axis=-1) < 1e-6]))
+    _, first = np.unique(np.round(candidates, 6) % 1.0, axis=0, return_index=True)
+    candidates = candidates[np.sort(first)]
+    candidates.setflags(write=False)
+    return candidates
+
+
+def equivalent_representatives(space_group: int, wyckoff: int, xyz) -> np.ndarray:
+    """Every distinct orbit member of ``xyz`` that the position's op0 leaves fixed, (k, 3); empty if ``xyz`` is
+    not on the orbit of position ``wyckoff``.
+
+    Each is a valid coordinate token for the same site of the same crystal: pyxtal (and so the reference) picks
+    one of them, e.g. any of the 192 images of a general position of Fm-3m.
+    """
+    return _equivalent_representatives(int(space_group), int(wyckoff), tuple(np.round(np.asarray(xyz, float), 10)))
+
+
+@cache
+def _normalizer_cosets(space_group: int) -> tuple[np.ndarray, np.ndarray]:
+    """pyxtal's coset representatives of the group's normalizer, (n, 3, 4), and the Wyckoff index each maps every
+    index to, (n, WYCK_TYPES) (padding 0 maps to 0). The identity comes first."""
+    from pyxtal.operations import SymmOp
+    from pyxtal.symmetry import Group
+
+    alternatives = Group(space_group).get_alternatives()
+    ops, maps = [], []
+    for xyz, letters in zip(alternatives["Coset Representative"], alternatives["Transformed WP"]):
+        ops.append(SymmOp.from_xyz_str(xyz).affine_matrix[:3])
+        mapping = np.zeros(WYCK_TYPES, dtype=np.int64)
+        mapping[1 : len(letters.split()) + 1] = [letter_to_index(letter) for letter in letters.split()]
+        maps.append(mapping)
+    return np.stack(ops), np.stack(maps)
+
+
+def random_representatives(tokens: CrystalTokens, rng: np.random.Generator) -> CrystalTokens:
+    """The same crystal written another valid way, drawn at random, a training-time augmentation (the reference
+    has none): a random coset of the space group's normalizer whose rotation keeps this lattice's metric (origin
+    shifts, inversion; axis swaps where the cell allows them), which may relabel the Wyckoff positions (CsCl's
+    Cs 1a + Cl 1b is also Cs 1b + Cl 1a), then a random equivalent representative of each site, the sites
+    re-sorted by (W, x, y, z) as the tokenizer sorts them. Lattice parameters and elements are unchanged."""
+    n, G = tokens.num_sites, tokens.G
+    W, A, XYZ = tokens.W[:n], tokens.A[:n], tokens.XYZ[:n]
+    ops, maps = _normalizer_cosets(G)
+    k = int(rng.integers(len(ops)))
+    if k:
+        from pymatgen.core import Lattice
+
+        matrix = Lattice.from_parameters(*tokens.lattice).matrix
+        metric, rotation = matrix @ matrix.T, ops[k][:, :3]
+        if not np.allclose(rotation.T @ metric @ rotation, metric, rtol=1e-5, atol=1e-8):
+            k = 0
+    choices = [equivalent_representatives(G, w, xyz) for w, xyz in zip(maps[k][W], apply_op(ops[k], XYZ))]
+    if k and any(len(c) == 0 for c in choices):  # not expected; keep the crystal's own setting then
+        k, choices = 0, [equivalent_representatives(G, w, xyz) for w, xyz in zip(W, XYZ)]
+    W = maps[k][W]
+    XYZ = np.array([c[rng.integers(len(c))] if len(c) else xyz for c, xyz in zip(choices, XYZ)]).reshape(n, 3)
+    order = np.lexsort((XYZ[:, 2], XYZ[:, 1], XYZ[:, 0], W))
+    return CrystalTokens.from_sites(G, W[order], A[order], XYZ[order], tokens.L, tokens.n_max)
 
 
 def decode_tokens(G, W, A, XYZ, L):
@@ -614,14 +682,27 @@ class CrystalCollator:
 
     Pads to the longest crystal of the batch plus one site, where the model reads out the lattice, capped at
     ``n_max``: short crystals cost short sequences.
+
+    With ``random_representatives`` every crystal's coordinates are redrawn among the equivalent representatives
+    of its sites (:func:`random_representatives`), a training-time augmentation.
     """
 
-    def __init__(self, n_max: int = DEFAULT_N_MAX, return_tensors: str | None = "pt"):
+    def __init__(
+        self,
+        n_max: int = DEFAULT_N_MAX,
+        return_tensors: str | None = "pt",
+        random_representatives: bool = False,
+        seed: int | None = None,
+    ):
         self.n_max = n_max
         self.return_tensors = return_tensors
+        self.random_representatives = random_representatives
+        self.rng = np.random.default_rng(seed)
 
     def __call__(self, examples: Sequence) -> dict[str, Any]:
         tokens = [e if isinstance(e, CrystalTokens) else CrystalTokens.from_dict(e, self.n_max) for e in examples]
+        if self.random_representatives:
+            tokens = [random_representatives(t, self.rng) for t in tokens]
         length = min(max((t.num_sites for t in tokens), default=0) + 1, self.n_max)
         batch = {
             "G": np.array([t.G for t in tokens], dtype=np.int64),
@@ -644,6 +725,8 @@ __all__ = [
     "CrystalTokenizer",
     "CrystalTokens",
     "decode_tokens",
+    "equivalent_representatives",
     "expand_orbit",
+    "random_representatives",
     "to_structure",
 ]

@@ -49,6 +49,15 @@ class CrystalPretrainConfig(TrainingArguments):
             "work; costs a few minutes of compilation up front, so worth it for long runs."
         },
     )
+    random_representatives: bool = field(
+        default=False,
+        metadata={
+            "help": "Augment: show each training crystal written another valid way, drawn anew every time (a random "
+            "origin shift or inversion of the space group's normalizer, which may relabel Wyckoff positions, and a "
+            "random equivalent representative per site). Same crystals, more descriptions; not in the reference. "
+            "Validation always uses the tokenizer's own description."
+        },
+    )
     pad_to_n_max: bool = field(
         default=False,
         metadata={"help": "Pad every batch to n_max sites as the reference does (slower; for benchmarks)."},

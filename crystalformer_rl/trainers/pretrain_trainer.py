@@ -28,7 +28,12 @@ class CrystalPretrainer(Trainer):
 
     def __init__(self, model, args: CrystalPretrainConfig, train_dataset=None, eval_dataset=None, **kwargs):
         n_max = model.config.n_max
-        collator = kwargs.pop("data_collator", None) or PaddingCollator(n_max, pad_to_n_max=args.pad_to_n_max)
+        given = kwargs.pop("data_collator", None)
+        collator = given or PaddingCollator(
+            n_max, args.pad_to_n_max, random_representatives=args.random_representatives, seed=args.seed
+        )
+        # Validation sees each crystal as the tokenizer writes it, so its NLL compares across runs.
+        self._eval_collator = given or PaddingCollator(n_max, args.pad_to_n_max)
         # Constant symmetry tables are buffers (some boolean, which gloo cannot broadcast): DDP skips them.
         model._ddp_params_and_buffers_to_ignore = [name for name, _ in model.named_buffers()]
         if args.compile_model:
@@ -80,7 +85,7 @@ class CrystalPretrainer(Trainer):
         if dataset is None:
             return {}
         loader = self.accelerator.prepare(
-            DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator)
+            DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self._eval_collator)
         )
         model = self.model
         was_training = model.training
@@ -117,8 +122,8 @@ def _weighted(out, size: int, device) -> torch.Tensor:
 class PaddingCollator(CrystalCollator):
     """Crystal collator; ``pad_to_n_max`` reproduces the reference's fixed-length batches (for benchmarks)."""
 
-    def __init__(self, n_max: int = 21, pad_to_n_max: bool = False):
-        super().__init__(n_max=n_max, return_tensors="pt")
+    def __init__(self, n_max: int = 21, pad_to_n_max: bool = False, random_representatives=False, seed=None):
+        super().__init__(n_max=n_max, return_tensors="pt", random_representatives=random_representatives, seed=seed)
         self.pad_to_n_max = pad_to_n_max
 
     def __call__(self, examples):
