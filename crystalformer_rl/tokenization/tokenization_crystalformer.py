@@ -268,19 +268,6 @@ def expand_orbit(space_group: int, wyckoff: int, xyz: np.ndarray) -> np.ndarray:
     return _wrap(apply_op(tables.orbit(space_group, wyckoff), best))
 
 
-@lru_cache(maxsize=262_144)
-def _equivalent_representatives(space_group: int, wyckoff: int, xyz: tuple[float, float, float]) -> np.ndarray:
-    tables = WyckoffTables.load()
-    op0 = tables.op0[space_group - 1, wyckoff]
-    images = _wrap(apply_op(tables.general_ops(space_group), np.asarray(xyz, dtype=np.float64)))
-    offset = apply_op(op0, images) - images
-    candidates = _wrap(apply_op(op0, images[np.abs(offset - np.rint(offset)).max(axis=-1) < 1e-6]))
-    _, first = np.unique(np.round(candidates, 6) % 1.0, axis=0, return_index=True)
-    candidates = candidates[np.sort(first)]
-    candidates.setflags(write=False)
-    return candidates
-
-
 def equivalent_representatives(space_group: int, wyckoff: int, xyz) -> np.ndarray:
     """Every distinct orbit member of ``xyz`` that the position's op0 leaves fixed, (k, 3); empty if ``xyz`` is
     not on the orbit of position ``wyckoff``.
@@ -288,13 +275,20 @@ def equivalent_representatives(space_group: int, wyckoff: int, xyz) -> np.ndarra
     Each is a valid coordinate token for the same site of the same crystal: pyxtal (and so the reference) picks
     one of them, e.g. any of the 192 images of a general position of Fm-3m.
     """
-    return _equivalent_representatives(int(space_group), int(wyckoff), tuple(np.round(np.asarray(xyz, float), 10)))
+    tables = WyckoffTables.load()
+    op0 = tables.op0[space_group - 1, wyckoff]
+    images = _wrap(apply_op(tables.general_ops(space_group), np.asarray(xyz, dtype=np.float64)))
+    offset = apply_op(op0, images) - images
+    candidates = _wrap(apply_op(op0, images[np.abs(offset - np.rint(offset)).max(axis=-1) < 1e-6]))
+    _, first = np.unique(np.round(candidates, 6) % 1.0, axis=0, return_index=True)
+    return candidates[np.sort(first)]
 
 
 @cache
-def _normalizer_cosets(space_group: int) -> tuple[np.ndarray, np.ndarray]:
-    """pyxtal's coset representatives of the group's normalizer, (n, 3, 4), and the Wyckoff index each maps every
-    index to, (n, WYCK_TYPES) (padding 0 maps to 0). The identity comes first."""
+def _normalizer_cosets(space_group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pyxtal's coset representatives of the group's normalizer, (n, 3, 4); the Wyckoff index each maps every
+    index to, (n, WYCK_TYPES) (padding 0 to 0); whether its rotation is ±1, which keeps every metric. The
+    identity comes first."""
     from pyxtal.operations import SymmOp
     from pyxtal.symmetry import Group
 
@@ -305,33 +299,63 @@ def _normalizer_cosets(space_group: int) -> tuple[np.ndarray, np.ndarray]:
         mapping = np.zeros(WYCK_TYPES, dtype=np.int64)
         mapping[1 : len(letters.split()) + 1] = [letter_to_index(letter) for letter in letters.split()]
         maps.append(mapping)
-    return np.stack(ops), np.stack(maps)
+    ops = np.stack(ops)
+    plus_minus_one = np.array(
+        [np.allclose(abs(np.trace(op[:, :3])), 3) and np.allclose(np.abs(op[:, :3]), np.eye(3)) for op in ops]
+    )
+    return ops, np.stack(maps), plus_minus_one
+
+
+@lru_cache(maxsize=262_144)
+def _site_descriptions(space_group: int, wyckoff: int, xyz: tuple[float, float, float]) -> tuple:
+    """Per normalizer coset: the site's new Wyckoff index and its equivalent representatives there."""
+    ops, maps, _ = _normalizer_cosets(space_group)
+    descriptions = []
+    for op, mapping in zip(ops, maps):
+        w = int(mapping[wyckoff])
+        choices = equivalent_representatives(space_group, w, apply_op(op, np.asarray(xyz)))
+        choices.setflags(write=False)
+        descriptions.append((w, choices))
+    return tuple(descriptions)
+
+
+def _metric(lattice: np.ndarray) -> np.ndarray:
+    """Metric tensor of (a, b, c, α, β, γ) in Å and degrees."""
+    a, b, c = lattice[:3]
+    cos_alpha, cos_beta, cos_gamma = np.cos(np.radians(lattice[3:]))
+    return np.array(
+        [
+            [a * a, a * b * cos_gamma, a * c * cos_beta],
+            [a * b * cos_gamma, b * b, b * c * cos_alpha],
+            [a * c * cos_beta, b * c * cos_alpha, c * c],
+        ]
+    )
 
 
 def random_representatives(tokens: CrystalTokens, rng: np.random.Generator) -> CrystalTokens:
     """The same crystal written another valid way, drawn at random, a training-time augmentation (the reference
-    has none): a random coset of the space group's normalizer whose rotation keeps this lattice's metric (origin
+    has none): a random coset of the space group's normalizer whose rotation keeps this cell's metric (origin
     shifts, inversion; axis swaps where the cell allows them), which may relabel the Wyckoff positions (CsCl's
     Cs 1a + Cl 1b is also Cs 1b + Cl 1a), then a random equivalent representative of each site, the sites
     re-sorted by (W, x, y, z) as the tokenizer sorts them. Lattice parameters and elements are unchanged."""
     n, G = tokens.num_sites, tokens.G
-    W, A, XYZ = tokens.W[:n], tokens.A[:n], tokens.XYZ[:n]
-    ops, maps = _normalizer_cosets(G)
+    ops, _, plus_minus_one = _normalizer_cosets(G)
     k = int(rng.integers(len(ops)))
-    if k:
-        from pymatgen.core import Lattice
-
-        matrix = Lattice.from_parameters(*tokens.lattice).matrix
-        metric, rotation = matrix @ matrix.T, ops[k][:, :3]
+    if not plus_minus_one[k]:
+        metric, rotation = _metric(tokens.lattice), ops[k][:, :3]
         if not np.allclose(rotation.T @ metric @ rotation, metric, rtol=1e-5, atol=1e-8):
             k = 0
-    choices = [equivalent_representatives(G, w, xyz) for w, xyz in zip(maps[k][W], apply_op(ops[k], XYZ))]
-    if k and any(len(c) == 0 for c in choices):  # not expected; keep the crystal's own setting then
-        k, choices = 0, [equivalent_representatives(G, w, xyz) for w, xyz in zip(W, XYZ)]
-    W = maps[k][W]
-    XYZ = np.array([c[rng.integers(len(c))] if len(c) else xyz for c, xyz in zip(choices, XYZ)]).reshape(n, 3)
+    sites = [_site_descriptions(G, int(w), tuple(np.round(xyz, 10))) for w, xyz in zip(tokens.W[:n], tokens.XYZ[:n])]
+    if any(len(site[k][1]) == 0 for site in sites):  # not expected; keep the crystal's own setting then
+        k = 0
+    W = np.array([site[k][0] for site in sites], dtype=np.int64)
+    XYZ = tokens.XYZ[:n].copy()
+    for i, site in enumerate(sites):
+        choices = site[k][1]
+        if len(choices):
+            XYZ[i] = choices[rng.integers(len(choices))]
     order = np.lexsort((XYZ[:, 2], XYZ[:, 1], XYZ[:, 0], W))
-    return CrystalTokens.from_sites(G, W[order], A[order], XYZ[order], tokens.L, tokens.n_max)
+    return CrystalTokens.from_sites(G, W[order], tokens.A[:n][order], XYZ[order], tokens.L, tokens.n_max)
 
 
 def decode_tokens(G, W, A, XYZ, L):
