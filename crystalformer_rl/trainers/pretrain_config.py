@@ -53,9 +53,11 @@ class CrystalPretrainConfig(TrainingArguments):
         default=False,
         metadata={
             "help": "Augment: show each training crystal written another valid way, drawn anew every time (a random "
-            "origin shift or inversion of the space group's normalizer, which may relabel Wyckoff positions, and a "
-            "random equivalent representative per site). Same crystals, more descriptions; not in the reference. "
-            "Validation always uses the tokenizer's own description."
+            "coset of the space group's normalizer that keeps the cell's metric: an origin shift, inversion or an "
+            "allowed axis swap, which may relabel Wyckoff positions; then a random equivalent representative per "
+            "site). Same crystals, more descriptions; not in the reference. Validation always uses the tokenizer's "
+            "own description. The draws are not checkpointed, so a resumed run sees other descriptions. Measured on "
+            "the default model: worse stability (README)."
         },
     )
     pad_to_n_max: bool = field(
