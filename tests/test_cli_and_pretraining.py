@@ -4,13 +4,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from crystalformer_rl.commands import build_parser, main
 from crystalformer_rl.commands.train import load_reward
 from crystalformer_rl.modeling_crystalformer import CrystalFormerForCrystalGeneration
 from crystalformer_rl.pretrained import load_model, space_group_distribution
-from crystalformer_rl.tokenization import CrystalTokens
+from crystalformer_rl.tokenization import CrystalCollator, CrystalTokens
 from crystalformer_rl.trainers.utils import training_space_groups
 from tests.helpers.rl_toy import tiny_model
 
@@ -278,6 +279,31 @@ def test_pretraining_batches_are_length_grouped_and_reshuffled(shared, tmp_path)
         # Within a batch the site counts are close: far less spread than in a random batch.
         spread = np.mean([np.ptp([sites[i] for i in first[k : k + 8]]) for k in range(0, len(first), 8)])
         assert spread < 0.5 * np.ptp(sites)
+
+
+def test_augmented_pretraining_validates_on_the_tokenizers_own_description(shared, tmp_path):
+    """With `random_representatives` the training batches are redrawn descriptions, the validation batches are the
+    crystals exactly as stored."""
+    from crystalformer_rl.trainers import CrystalPretrainConfig, CrystalPretrainer
+
+    ref = np.load(shared / "fixtures" / "reference_parity" / "tokens.npz")
+    rows = [
+        CrystalTokens(int(ref["G"][i]), ref["W"][i], ref["A"][i], ref["XYZ"][i], ref["L"][i]).as_dict()
+        for i in range(len(ref["G"]))
+    ]
+    args = CrystalPretrainConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        eval_strategy="no",
+        random_representatives=True,
+        seed=0,
+    )
+    trainer = CrystalPretrainer(tiny_model(), args)
+    stored = CrystalCollator(return_tensors="pt")(rows)
+    validation, training = trainer._eval_collator(rows), trainer.data_collator(rows)
+    assert all(torch.equal(validation[k], stored[k]) for k in stored)
+    assert not torch.allclose(training["XYZ"], stored["XYZ"])
 
 
 def test_a_short_prompt_list_fills_whole_batches():

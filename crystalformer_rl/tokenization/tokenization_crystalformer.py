@@ -268,6 +268,12 @@ def expand_orbit(space_group: int, wyckoff: int, xyz: np.ndarray) -> np.ndarray:
     return _wrap(apply_op(tables.orbit(space_group, wyckoff), best))
 
 
+def _offset_from_op0(op0: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """How far op0 moves each point (..., 3), modulo lattice translations: 0 on the representative's form."""
+    d = apply_op(op0, points) - points
+    return np.abs(d - np.rint(d)).max(axis=-1)
+
+
 def equivalent_representatives(space_group: int, wyckoff: int, xyz) -> np.ndarray:
     """Every distinct orbit member of ``xyz`` that the position's op0 leaves fixed, (k, 3); empty if ``xyz`` is
     not on the orbit of position ``wyckoff``.
@@ -278,8 +284,7 @@ def equivalent_representatives(space_group: int, wyckoff: int, xyz) -> np.ndarra
     tables = WyckoffTables.load()
     op0 = tables.op0[space_group - 1, wyckoff]
     images = _wrap(apply_op(tables.general_ops(space_group), np.asarray(xyz, dtype=np.float64)))
-    offset = apply_op(op0, images) - images
-    candidates = _wrap(apply_op(op0, images[np.abs(offset - np.rint(offset)).max(axis=-1) < 1e-6]))
+    candidates = _wrap(apply_op(op0, images[_offset_from_op0(op0, images) < 1e-6]))
     _, first = np.unique(np.round(candidates, 6) % 1.0, axis=0, return_index=True)
     return candidates[np.sort(first)]
 
@@ -300,9 +305,7 @@ def _normalizer_cosets(space_group: int) -> tuple[np.ndarray, np.ndarray, np.nda
         mapping[1 : len(letters.split()) + 1] = [letter_to_index(letter) for letter in letters.split()]
         maps.append(mapping)
     ops = np.stack(ops)
-    plus_minus_one = np.array(
-        [np.allclose(abs(np.trace(op[:, :3])), 3) and np.allclose(np.abs(op[:, :3]), np.eye(3)) for op in ops]
-    )
+    plus_minus_one = np.array([np.allclose(op[:, :3], np.eye(3)) or np.allclose(op[:, :3], -np.eye(3)) for op in ops])
     return ops, np.stack(maps), plus_minus_one
 
 
@@ -319,19 +322,6 @@ def _site_descriptions(space_group: int, wyckoff: int, xyz: tuple[float, float, 
     return tuple(descriptions)
 
 
-def _metric(lattice: np.ndarray) -> np.ndarray:
-    """Metric tensor of (a, b, c, α, β, γ) in Å and degrees."""
-    a, b, c = lattice[:3]
-    cos_alpha, cos_beta, cos_gamma = np.cos(np.radians(lattice[3:]))
-    return np.array(
-        [
-            [a * a, a * b * cos_gamma, a * c * cos_beta],
-            [a * b * cos_gamma, b * b, b * c * cos_alpha],
-            [a * c * cos_beta, b * c * cos_alpha, c * c],
-        ]
-    )
-
-
 def random_representatives(tokens: CrystalTokens, rng: np.random.Generator) -> CrystalTokens:
     """The same crystal written another valid way, drawn at random, a training-time augmentation (the reference
     has none): a random coset of the space group's normalizer whose rotation keeps this cell's metric (origin
@@ -342,7 +332,9 @@ def random_representatives(tokens: CrystalTokens, rng: np.random.Generator) -> C
     ops, _, plus_minus_one = _normalizer_cosets(G)
     k = int(rng.integers(len(ops)))
     if not plus_minus_one[k]:
-        metric, rotation = _metric(tokens.lattice), ops[k][:, :3]
+        from pymatgen.core import Lattice
+
+        metric, rotation = Lattice.from_parameters(*tokens.lattice).metric_tensor, ops[k][:, :3]
         if not np.allclose(rotation.T @ metric @ rotation, metric, rtol=1e-5, atol=1e-8):
             k = 0
     sites = [_site_descriptions(G, int(w), tuple(np.round(xyz, 10))) for w, xyz in zip(tokens.W[:n], tokens.XYZ[:n])]
@@ -461,16 +453,11 @@ class CrystalTokenizer:
         """The orbit member that op0 leaves fixed (pyxtal usually returns it already)."""
         tables = WyckoffTables.load()
         op0 = tables.op0[G - 1, w]
-
-        def offset(x):
-            d = apply_op(op0, x) - x
-            return np.abs(d - np.rint(d)).max()
-
         position = np.asarray(position, dtype=np.float64)
-        if offset(position) < 1e-3:
+        if _offset_from_op0(op0, position) < 1e-3:
             return position
         candidates = apply_op(tables.general_ops(G), position)
-        errors = [offset(c) for c in candidates]
+        errors = _offset_from_op0(op0, candidates)
         best = int(np.argmin(errors))
         if errors[best] > 1e-3:
             raise SymmetryAnalysisError(f"no orbit member of {position} is fixed by op0 of {G}{index_to_letter(w)}")
@@ -707,8 +694,8 @@ class CrystalCollator:
     Pads to the longest crystal of the batch plus one site, where the model reads out the lattice, capped at
     ``n_max``: short crystals cost short sequences.
 
-    With ``random_representatives`` every crystal's coordinates are redrawn among the equivalent representatives
-    of its sites (:func:`random_representatives`), a training-time augmentation.
+    With ``random_representatives`` every crystal is rewritten in a random equivalent description (a normalizer
+    coset, then a representative per site; :func:`random_representatives`), a training-time augmentation.
     """
 
     def __init__(
