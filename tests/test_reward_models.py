@@ -606,3 +606,44 @@ def test_stable_figure_of_merit_scores_only_stable_crystals(dielectric, band_gap
         load_reward("stable_figure_of_merit", stability=StabilityReward(ehull), figure_of_merit=fom),
         StableFigureOfMeritReward,
     )
+
+
+def test_rewards_that_compute_the_same_e_hull_share_one_cache():
+    """The gated FoM's stability test and a clipped E_hull term ask the same potential the same question: after
+    share_caches the second is served from the first's cache, with its own clip and failure reward; a reward whose
+    values differ (another plausibility window) keeps its own cache."""
+    from crystalformer_rl.reward_models import iter_rewards, share_caches
+
+    emt, hull = EMT(), toy_hull()
+    cu, squeezed = fcc("Cu", 3.61), fcc("Cu", 3.0)
+    gate = StabilityReward(EhullReward(emt, hull=hull, energy_scale="toy"))
+    term = EhullReward(emt, hull=hull, energy_scale="toy", reward_clip_range=(-1.0, 0.0), failure_reward=-3.0)
+    narrow = EhullReward(emt, hull=hull, energy_scale="toy", ehull_range=(-1.0, 0.5))
+    other_calculator = EhullReward(EMT(), hull=hull, energy_scale="toy")
+    rewards = [gate, term, narrow, other_calculator]
+    assert gate.children[0] in list(iter_rewards(rewards))
+    assert share_caches(rewards) == [(term, gate.children[0])]
+    assert term._cache is gate.children[0]._cache and narrow._cache is not term._cache
+    assert other_calculator._cache is not term._cache  # an object given twice would be the same spec; two are not
+
+    assert gate(completions=[cu, squeezed]) == [1.0, 0.0]
+    assert term(completions=[cu, squeezed, Tokens(None)]) == [0.0, -1.0, -3.0]
+    assert term.last_stats.n_cached == 2 and term.last_stats.n_computed == 0
+    assert narrow.compute([squeezed]) == [None]  # its own window: E_hull > 0.5 is a failure there, not here
+    with pytest.raises(ValueError, match="cannot share a cache"):
+        narrow.share_with(term)
+
+
+def test_the_gated_figure_of_merit_and_its_e_hull_term_run_chgnet_once(ehull):
+    """The rewards of configs/rl_dielectric_stable_fom.yaml's E_hull side, built from specs as `rl` builds them:
+    one cache and one copy of CHGNet between them."""
+    from crystalformer_rl.reward_models import share_caches
+
+    term = EhullReward(reward_clip_range=(-10.0, 0.0), failure_reward=-10.0)
+    assert term.calculator is not ehull.calculator
+    assert share_caches([StabilityReward(ehull), term]) == [(term, ehull)]
+    assert term.calculator is ehull.calculator and term.fallback is ehull.fallback
+    nacl = rocksalt()
+    (value,) = ehull.compute([nacl])
+    assert term(completions=[nacl]) == [pytest.approx(min(max(-value, -10.0), 0.0))]
+    assert term.last_stats.n_cached == 1

@@ -207,6 +207,7 @@ class RLScriptArguments:
 def run_rl(argv: list[str] | tuple | None = None):
     """``crystalformer-rl rl``: the argument list, or the parsed (script arguments, config)."""
     from ..pretrained import load_model
+    from ..reward_models.base import share_caches
     from ..trainers.crystal_rloo_trainer import CrystalRLOOTrainer, space_group_prompts
     from ..trainers.rl_plots import plot_rl_curves
 
@@ -218,6 +219,8 @@ def run_rl(argv: list[str] | tuple | None = None):
     checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, resume=script.resume)
     model = load_model(script.model)
     rewards = [load_reward(name, **reward_kwargs.get(name, {})) for name in script.rewards]
+    for reward, shared in share_caches(rewards):
+        print(f"rewards: {reward.name} shares {shared.name}'s cache (the same values, computed once per crystal)")
     groups = fill_prompts(config.space_groups or training_space_groups(script.prompts, script.model), config)
     trainer = CrystalRLOOTrainer(model, rewards, args=config, train_dataset=space_group_prompts(groups))
     trainer.add_callback(BaseModelFilesCallback(script.model))

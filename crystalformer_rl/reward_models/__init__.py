@@ -16,7 +16,16 @@ Example::
 """
 
 from ..devices import DeviceError, resolve_device
-from .base import CallStats, CrystalReward, Failure, as_structure, check_structure, structure_fingerprint
+from .base import (
+    CallStats,
+    CrystalReward,
+    Failure,
+    as_structure,
+    check_structure,
+    iter_rewards,
+    share_caches,
+    structure_fingerprint,
+)
 from .combine import (
     FigureOfMeritReward,
     ProductReward,
@@ -79,9 +88,11 @@ __all__ = [
     "WeightedSumReward",
     "as_structure",
     "check_structure",
+    "iter_rewards",
     "load_energy_model",
     "mp2020_corrected_energies",
     "relax_structure",
     "resolve_device",
+    "share_caches",
     "structure_fingerprint",
 ]

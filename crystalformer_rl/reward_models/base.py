@@ -20,7 +20,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,6 +324,17 @@ class CrystalReward(ABC):
         self._log_to_trainer(values, kwargs)
         return rewards
 
+    def value_key(self) -> tuple | None:
+        """What decides :meth:`_compute_batch`'s values; rewards with equal keys may share one cache
+        (:func:`share_caches`). ``None`` (the default): this reward shares with none."""
+        return None
+
+    def share_with(self, other: CrystalReward) -> None:
+        """Serve this reward's values from ``other``'s cache (both must have the same :meth:`value_key`)."""
+        if self.value_key() is None or self.value_key() != other.value_key():
+            raise ValueError(f"{self!r} and {other!r} compute different values: they cannot share a cache")
+        self._cache = other._cache
+
     # ----------------------------------------------------------------- helpers
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -366,6 +377,41 @@ class CrystalReward(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def iter_rewards(rewards: Any) -> Iterator[CrystalReward]:
+    """Every :class:`CrystalReward` in ``rewards`` and inside them (the children of combinations), once each."""
+    seen: set[int] = set()
+    stack = list(rewards) if isinstance(rewards, (list, tuple)) else [rewards]
+    while stack:
+        obj = stack.pop(0)
+        if isinstance(obj, (list, tuple)):
+            stack[:0] = list(obj)
+        elif isinstance(obj, CrystalReward) and id(obj) not in seen:
+            seen.add(id(obj))
+            yield obj
+            stack[:0] = list(vars(obj).values())
+
+
+def share_caches(rewards: Any) -> list[tuple[CrystalReward, CrystalReward]]:
+    """Let rewards that compute the same values (equal :meth:`~CrystalReward.value_key`) share one cache.
+
+    Why: a stability-gated figure of merit next to an E_hull term holds two :class:`EhullReward` that would each run
+    the potential on every crystal. Caches hold physical values, before ``to_reward``, clipping and
+    ``failure_reward``, so rewards that differ only there share safely. Returns the ``(reward, shared with)`` pairs.
+    """
+    first: dict[tuple, CrystalReward] = {}
+    pairs = []
+    for reward in iter_rewards(rewards):
+        key = reward.value_key()
+        if key is None or reward.cache_size <= 0:
+            continue
+        if key in first:
+            reward.share_with(first[key])
+            pairs.append((reward, first[key]))
+        else:
+            first[key] = reward
+    return pairs
 
 
 def _finite_or_failure(value: float | Failure | None) -> float | Failure:

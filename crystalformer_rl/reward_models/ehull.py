@@ -72,6 +72,11 @@ class EhullReward(CrystalReward):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # what the potentials and the hull were built from: a spec by its value, an object by its identity
+        self._sources = tuple(
+            x if x is None or isinstance(x, str) else ("object", id(x))
+            for x in (calculator, fallback_calculator, energy_scale, hull)
+        )
         self.device = resolve_device(device)
         self.hull = hull if hull is not None else ReferenceHull.default()
         self.calculator = load_energy_model(calculator, energy_scale=energy_scale, device=self.device)
@@ -113,6 +118,23 @@ class EhullReward(CrystalReward):
 
     def to_reward(self, value: float) -> float:
         return -float(value)
+
+    def value_key(self) -> tuple:
+        return (
+            type(self),
+            self._sources,
+            str(self.device),
+            self.relax,
+            self.fmax,
+            self.max_steps,
+            self.ehull_range,
+            self.max_abs_energy_per_atom,
+        )
+
+    def share_with(self, other: CrystalReward) -> None:
+        """Share ``other``'s cache and its potentials (one copy of each model in memory)."""
+        super().share_with(other)
+        self.calculator, self.fallback = other.calculator, other.fallback
 
     def compute_with_reasons(self, structures: Sequence[Any]) -> list[float | Failure]:
         self.relaxed = {}  # only this call's relaxations (a long relaxation run would otherwise keep them all)
