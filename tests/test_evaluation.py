@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition, Lattice, Structure
 
 from crystalformer_rl.commands.evaluate import run_evaluate
 from crystalformer_rl.evaluation import (
@@ -629,3 +629,106 @@ def test_composition_validity_where_cdvae_smact_2_5_5_differs(formula, expected,
     assert (reason is None) is expected
     if not expected:
         assert "oxidation states" in reason or "SMACT data" in reason
+
+
+# ----------------------------------------------------------------------- pathological samples (RL hangs)
+def _brute_force_smact(formula: str) -> str | None:
+    """CDVAE's loop over every combination of SMACT 2014 oxidation states (the rule the fast check must keep)."""
+    import itertools
+
+    import smact
+    from smact.screening import pauling_test
+
+    counts = {el.symbol: int(n) for el, n in Composition(formula).items()}
+    symbols = sorted(counts)
+    if len(symbols) == 1 or all(s in smact.metals for s in symbols):
+        return None
+    gcd = math.gcd(*counts.values())
+    stoichs = [(counts[s] // gcd,) for s in symbols]
+    elements = [smact.Element(s) for s in symbols]
+    states = [list(e.oxidation_states_smact14 or []) for e in elements]
+    enegs = [e.pauling_eneg for e in elements]
+    neutral = False
+    for ox in itertools.product(*states):
+        if not smact.neutral_ratios(ox, stoichs=stoichs, threshold=max(n for (n,) in stoichs)):
+            continue
+        neutral = True
+        if any(x is None or math.isnan(x) for x in enegs) or pauling_test(ox, enegs):
+            return None
+    return "pauling" if neutral else "neutral"
+
+
+def test_fast_composition_validity_gives_cdvae_loop_answers(val):
+    """The reachable-charge-sum test returns the brute-force loop's verdict and reason on real MP-20 compositions
+    and on swapped-element variants of them, where many fail neutrality or the Pauling test."""
+    formulas = list(dict.fromkeys(Structure.from_str(c, fmt="cif").composition.formula for c in val.cif[:150]))
+    rng = np.random.default_rng(0)
+    swaps = ["O", "S", "Cl", "F", "N", "Fe", "Mn", "V", "Bi", "I", "Pb", "Cu", "Ta"]
+    for formula in formulas[:60]:
+        comp = Composition(formula).as_dict()
+        victim = sorted(comp)[rng.integers(len(comp))]
+        new = str(rng.choice([s for s in swaps if s not in comp]))
+        comp[new] = comp.pop(victim)
+        formulas.append(Composition(comp).formula)
+    verdicts = {"neutral": 0, "pauling": 0, None: 0}
+    for formula in formulas:
+        expected = _brute_force_smact(formula)
+        reason = check_composition_validity(formula)
+        got = None if reason is None else ("pauling" if "Pauling" in reason else "neutral")
+        assert got == expected, formula
+        verdicts[expected] += 1
+    assert min(verdicts.values()) >= 3, verdicts  # every branch was exercised
+
+
+def test_composition_validity_of_a_many_element_sample_is_immediate():
+    # Sampled during batch-400 RL (space group 225): the loop over 10^8 oxidation-state combinations ran for hours.
+    formula = "Ba16 Bi16 Cd16 Cl16 Cu32 Ge16 I16 P16 Pb16 S74 Sb16 Tb16 Tl16 V8"
+    # By hand (SMACT 2014 states): halved, 37·q(S) + 4·q(V) + 16·q(Cu) + 8·X = 0 with X the other eleven's sum.
+    # 37·q(S) must divide by 4, so q(S) = +4; then q(V) is odd and X + 2·q(Cu) = (-37 - q(V)) / 2 <= -18, but
+    # X >= -16 (each element at its most negative state) and q(Cu) >= +1.
+    assert check_composition_validity(formula) == "no charge-neutral combination of oxidation states"
+
+
+def _collapsed(structure: Structure, *params: float) -> Structure:
+    return Structure(Lattice.from_parameters(*params), structure.species, structure.frac_coords)
+
+
+def test_collapsed_cells_are_never_given_to_structure_matcher(val_structures, reference, train):
+    """StructureMatcher's Niggli reduction never returned on a sampled cell with 1e-5 Å lattice vectors (it stopped a
+    batch-400 RL run): uniqueness, novelty and the S.U.N. archive must treat such cells as matching nothing."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from crystalformer_rl.evaluation.matching import unmatchable_reason
+    from crystalformer_rl.reward_models.novelty import StructureArchive
+
+    class Recording(StructureMatcher):
+        calls = 0
+
+        def fit(self, a, b, **kwargs):
+            Recording.calls += 1
+            return super().fit(a, b, **kwargs)
+
+    real = val_structures[3]
+    collapsed = [
+        _collapsed(real, 4.4e-6, 7.8e-6, 9.0e-6, 80.7, 91.1, 74.1),  # what the sampler emitted
+        _collapsed(real, 1e-4, 500, 500, 90, 90, 90),  # a needle
+        _collapsed(real, 0.1, 0.1, 1e4, 90, 90, 90),  # lengths 10^5 apart
+        _collapsed(real, 4, 4, 4, 0.01, 0.01, 0.01),  # a flat cell
+    ]
+    assert all(unmatchable_reason(s) is None for s in val_structures)  # real crystals are never refused
+    assert all(unmatchable_reason(s) for s in collapsed)
+
+    matcher = Recording()
+    assert deduplicate([real, *collapsed, real.copy()], matcher=matcher, progress=False) == [0, 1, 2, 3, 4, 0]
+    assert Recording.calls == 1  # only real vs its copy
+
+    known = Structure.from_str(train.cif[0], fmt="cif")  # a reference crystal: novelty needs the matcher
+    assert reference.check(known).novel is False
+    check = reference.check(_collapsed(known, 1e-5, 1e-5, 1e-5, 90, 90, 90), matcher=matcher)
+    assert check.novel is None and "not matchable" in check.error  # undecided, hence not counted novel
+
+    archive = StructureArchive(max_size=10, matcher=matcher)
+    archive.add(real)
+    calls = Recording.calls
+    assert archive.find(collapsed[0]) is None and Recording.calls == calls
+    assert archive.n_matcher_errors == 1

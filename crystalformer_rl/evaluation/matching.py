@@ -9,7 +9,8 @@ generated samples actually have.
 Novelty is decided in two stages: a structure whose reduced composition is absent from the reference is novel at
 once (a dictionary look-up); only the others are compared with ``StructureMatcher``. A matcher that fails (e.g. on
 a degenerate cell) makes the result unknown, not novel: :meth:`ReferenceIndex.check` reports it and
-:func:`novelty` counts it as not novel.
+:func:`novelty` counts it as not novel. A collapsed cell (:func:`unmatchable_reason`) is never given to the matcher,
+whose Niggli reduction would not return: it matches nothing, and its novelty is unknown.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
@@ -43,6 +45,7 @@ __all__ = [
     "reduced_formula",
     "reference_table",
     "space_group_number",
+    "unmatchable_reason",
     "write_reference_table",
 ]
 
@@ -74,7 +77,34 @@ def _matcher(matcher: StructureMatcher | None) -> StructureMatcher:
     return matcher if matcher is not None else StructureMatcher()
 
 
+#: Bounds of a cell that ``StructureMatcher`` can reduce. Its Niggli reduction runs for hours on collapsed cells a
+#: sampler can emit (lattice vectors of 1e-5 Å, a flat cell, lengths 10^4 apart); real crystals are far inside
+#: (MPTS-52: shortest vector 2.4 Å, lengths at most 9.2× apart).
+MIN_MATCHABLE_LENGTH = 0.5  # Å: a shorter lattice vector puts every atom within 0.5 Å of its own image
+MAX_MATCHABLE_ASPECT = 100.0  # longest / shortest lattice vector
+MIN_MATCHABLE_VOLUME = 0.1  # Å^3, the structure-validity bound
+
+
+def unmatchable_reason(structure: Structure) -> str | None:
+    """Why ``StructureMatcher`` must not be run on ``structure`` (a collapsed cell), or ``None``."""
+    lengths = np.asarray(structure.lattice.abc, dtype=float)
+    volume = float(structure.lattice.volume)
+    if not (np.all(np.isfinite(lengths)) and np.isfinite(volume)):
+        return "non-finite lattice"
+    if lengths.min() < MIN_MATCHABLE_LENGTH:
+        return f"lattice vector of {lengths.min():.3g} Å (< {MIN_MATCHABLE_LENGTH} Å)"
+    if lengths.max() > MAX_MATCHABLE_ASPECT * lengths.min():
+        return f"lattice vectors {lengths.max() / lengths.min():.3g}× apart (> {MAX_MATCHABLE_ASPECT:g}×)"
+    if abs(volume) < MIN_MATCHABLE_VOLUME:
+        return f"cell volume {abs(volume):.3g} Å^3 (< {MIN_MATCHABLE_VOLUME} Å^3)"
+    return None
+
+
 def _fit(matcher: StructureMatcher, a: Structure, b: Structure) -> bool:
+    reason = unmatchable_reason(a) or unmatchable_reason(b)
+    if reason is not None:  # a collapsed cell matches nothing (the matcher would not return)
+        logger.debug("not matched: %s", reason)
+        return False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -294,6 +324,9 @@ class ReferenceIndex:
         if formula not in self._entries:
             return NoveltyCheck(True, stage="composition")
         candidates, ids = self.structures(formula), self.ids(formula)
+        reason = unmatchable_reason(structure)
+        if reason is not None:
+            return NoveltyCheck(None, candidates=len(candidates), error=f"not matchable: {reason}")
         if same_space_group:
             sg = space_group_number(structure, symprec)
             groups = self.space_groups(formula, symprec)

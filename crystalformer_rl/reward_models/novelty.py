@@ -247,6 +247,13 @@ class StructureArchive:
         self.n_evicted += 1
 
     def _fit(self, a: Structure, b: Structure) -> bool:
+        from ..evaluation.matching import unmatchable_reason  # lazily: evaluation imports reward_models
+
+        reason = unmatchable_reason(a) or unmatchable_reason(b)
+        if reason is not None:  # a collapsed cell: the matcher would not return
+            self.n_matcher_errors += 1
+            logger.debug("not matched in the archive: %s", reason)
+            return False
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
