@@ -230,9 +230,12 @@ def plot_rates(rows: dict[str, dict], path: str) -> None:
         bars = ax.bar(x + offset, values, 0.4, label=name)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     kls = [rows[k].get("kl_last5_mean") for k in labels]
-    ax.set_xticks(
-        x, [f"{k}\nKL {kl:.2g}" if kl is not None else f"{k}\nKL 0" for k, kl in zip(labels, kls)], fontsize=7
-    )
+    # the base model (first) is at KL 0; another model without a run directory has no known KL
+    ticks = [
+        f"{k}\nKL {kl:.2g}" if kl is not None else f"{k}\nKL {'0' if i == 0 else '?'}"
+        for i, (k, kl) in enumerate(zip(labels, kls))
+    ]
+    ax.set_xticks(x, ticks, fontsize=7)
     ax.set_ylabel("% of 1,000 fresh samples (unrelaxed)")
     ax.legend(fontsize=8)
     fig.tight_layout()
