@@ -147,7 +147,7 @@ def _can_neutralise(charges: list[list[int]]) -> bool:
     """Whether picking one charge per element can sum to zero.
 
     The same answer as CDVAE's loop over every combination of oxidation states (``itertools.product``), by the set
-    of reachable partial sums: that loop takes hours on a sampled 14-element crystal, this takes microseconds.
+    of reachable partial sums: that loop ran over 12 minutes on a sampled 14-element crystal, this takes milliseconds.
     """
     reachable = {0}
     for options in charges:
