@@ -77,8 +77,9 @@ def _matcher(matcher: StructureMatcher | None) -> StructureMatcher:
     return matcher if matcher is not None else StructureMatcher()
 
 
-#: Bounds of a cell that ``StructureMatcher`` can reduce. Its Niggli reduction runs for hours on collapsed cells a
-#: sampler can emit (lattice vectors of 1e-5 Å, a flat cell, lengths 10^4 apart); real crystals are far inside
+#: Bounds of a cell that ``StructureMatcher`` can reduce. Its Niggli reduction did not return within 30 s (and
+#: stalled an RL run) on collapsed cells a sampler can emit (lattice vectors of 1e-5 Å, a needle, a flat cell,
+#: lengths 10^5 apart; 1,000× apart took 7 s, 100× 0.04 s); real crystals are far inside
 #: (3,000 MPTS-52 validation crystals: shortest vector 2.4 Å, lengths at most 9.2× apart).
 MIN_MATCHABLE_LENGTH = 0.5  # Å: a shorter lattice vector puts every atom within 0.5 Å of its own image
 MAX_MATCHABLE_ASPECT = 100.0  # longest / shortest lattice vector
