@@ -7,7 +7,8 @@
    complete schedule (linear warmup, cosine decay to 0): a 40-step probe measures its steps/s, which fixes its
    ``max_steps``; the validation NLL at the end ranks the candidates.
 2. The winner continues from its sweep weights for ``--main-minutes`` with a fresh warmup + cosine schedule
-   (Adam state restarted), validated per term along the way.
+   (Adam state restarted), validated per term along the way. ``--main-minutes 0`` skips this phase: the sweep run
+   is then the model (one long schedule per candidate, e.g. ``--candidates s --sweep-minutes 80``).
 2b. Optionally (``--continue-minutes``, ``--continue-lr``) a further warm restart from the main phase's weights: a
    new warmup + cosine schedule at a lower peak and another data order. This is how a later session adds budget
    to the shipped model without repeating the earlier phases (their checkpoints must be in ``--work``).
@@ -175,7 +176,15 @@ def main():
             continue
         config, lr = CANDIDATES[name]
         trainer, metrics, seconds = run_phase(
-            f"sweep-{name}", config, lr, args.sweep_minutes, train_ds, valid_ds, work, plan
+            f"sweep-{name}",
+            config,
+            lr,
+            args.sweep_minutes,
+            train_ds,
+            valid_ds,
+            work,
+            plan,
+            evals=16 if args.main_minutes <= 0 else 8,
         )
         params = sum(p.numel() for p in trainer.model.parameters())
         sweep[name] = {"config": config, "lr": lr, "parameters": params, "seconds": seconds, **metrics}
@@ -185,20 +194,23 @@ def main():
     print(f"best size: {best}", flush=True)
 
     config, lr = CANDIDATES[best]
-    trainer, metrics, seconds = run_phase(
-        f"main-{best}",
-        config,
-        lr,
-        args.main_minutes,
-        train_ds,
-        valid_ds,
-        work,
-        plan,
-        init_from=str(work / f"sweep-{best}" / "final"),
-        evals=16,
-    )
-    _record_seconds(work, f"main-{best}", seconds)
-    phases = [("sweep", f"sweep-{best}", sweep[best]["seconds"]), ("main", f"main-{best}", seconds)]
+    phases = [("sweep", f"sweep-{best}", sweep[best]["seconds"])]
+    metrics = {k: v for k, v in sweep[best].items() if k.startswith("eval_") or k == "epoch"}
+    if args.main_minutes > 0:  # 0: the sweep run itself is the model (one long schedule per candidate)
+        trainer, metrics, seconds = run_phase(
+            f"main-{best}",
+            config,
+            lr,
+            args.main_minutes,
+            train_ds,
+            valid_ds,
+            work,
+            plan,
+            init_from=str(work / f"sweep-{best}" / "final"),
+            evals=16,
+        )
+        _record_seconds(work, f"main-{best}", seconds)
+        phases.append(("main", f"main-{best}", seconds))
     if args.continue_minutes > 0:
         key = f"continue-{best}"
         trainer, metrics, seconds = run_phase(
@@ -210,7 +222,7 @@ def main():
             valid_ds,
             work,
             plan,
-            init_from=str(work / f"main-{best}" / "final"),
+            init_from=str(work / phases[-1][1] / "final"),
             evals=12,
             seed=1,
         )
@@ -218,7 +230,7 @@ def main():
         _record_seconds(work, key, seconds)
     out = Path(args.output)  # overwrite the model files only: the model card and shipped extras stay
     out.mkdir(parents=True, exist_ok=True)
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    model = CrystalFormerForCrystalGeneration.from_pretrained(str(work / phases[-1][1] / "final"))
     model.save_pretrained(out)
     CrystalTokenizer(n_max=model.config.n_max).save_pretrained(out)
     counts = Counter(int(g) for g in train_ds["G"])
