@@ -119,12 +119,13 @@ def main():
                 "one_by_one": {
                     "structures": len(subset),
                     "seconds": round(one_seconds, 1),
-                    "seconds_per_structure": round(per_one, 3),
-                    "projected_minutes_for_1000": round(per_one * 1000 / 60, 1),
+                    "seconds_per_structure": round(per_one, 3) if subset else None,
+                    "projected_minutes_for_1000": round(per_one * 1000 / 60, 1) if subset else None,
                 },
                 "batched_same_subset_seconds": round(subset_batched_seconds, 1),
-                "speedup_same_subset": round(one_seconds / max(subset_batched_seconds, 1e-9), 2),
-                "speedup_per_structure_all": round(per_one / per_batched, 2),
+                # no one-by-one subset (--one-by-one 0): nothing to compare, so no speedup
+                "speedup_same_subset": round(one_seconds / subset_batched_seconds, 2) if subset else None,
+                "speedup_per_structure_all": round(per_one / per_batched, 2) if subset else None,
                 "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
                 "energy_agreement_ev_per_atom": {
                     "compared": len(diffs),

@@ -733,3 +733,32 @@ def test_collapsed_cells_are_never_given_to_structure_matcher(val_structures, re
     calls = Recording.calls
     assert archive.find(collapsed[0]) is None and Recording.calls == calls
     assert archive.n_matcher_errors == 1
+
+
+def test_a_matcher_exception_is_undecided_everywhere_and_never_raised(val_structures, reference, train):
+    """Uniqueness, novelty and the S.U.N. archive share one rule (``fit_or_reason``): a pair the matcher raises on is
+    no match, novelty of such a crystal is undecided (not novel), and nothing propagates."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from crystalformer_rl.evaluation.matching import fit_or_reason
+    from crystalformer_rl.reward_models.novelty import StructureArchive
+
+    class Raising(StructureMatcher):
+        def fit(self, a, b, **kwargs):
+            raise ValueError("lattice reduction failed")
+
+    real = val_structures[3]
+    assert fit_or_reason(StructureMatcher(), real, real.copy()) == (True, None)
+    matched, reason = fit_or_reason(Raising(), real, real.copy())
+    assert matched is False and "ValueError: lattice reduction failed" in reason
+
+    assert deduplicate([real, real.copy()], matcher=Raising(), progress=False) == [0, 1]
+    known = Structure.from_str(train.cif[0], fmt="cif")
+    check = reference.check(known, matcher=Raising())
+    assert check.novel is None and "StructureMatcher failed on" in check.error and "ValueError" in check.error
+
+    archive = StructureArchive(max_size=10, matcher=Raising())
+    archive.add(real)
+    shifted = real.copy()
+    shifted.translate_sites(range(len(shifted)), [0.01, 0, 0])  # another fingerprint: the matcher must decide
+    assert archive.find(shifted) is None and archive.n_matcher_errors == 1

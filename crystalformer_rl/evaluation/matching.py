@@ -40,6 +40,7 @@ __all__ = [
     "NoveltyCheck",
     "ReferenceIndex",
     "deduplicate",
+    "fit_or_reason",
     "novelty",
     "novelty_checks",
     "reduced_formula",
@@ -101,24 +102,26 @@ def unmatchable_reason(structure: Structure) -> str | None:
     return None
 
 
-def _fit(matcher: StructureMatcher, a: Structure, b: Structure) -> bool:
+def fit_or_reason(matcher: StructureMatcher, a: Structure, b: Structure) -> tuple[bool, str | None]:
+    """``(matched, why undecided)``: a collapsed cell (the matcher would not return) or a matcher exception gives
+    ``(False, reason)`` instead of raising, so one degenerate crystal cannot end an evaluation or a training step."""
     reason = unmatchable_reason(a) or unmatchable_reason(b)
-    if reason is not None:  # a collapsed cell matches nothing (the matcher would not return)
-        logger.debug("not matched: %s", reason)
-        return False
+    if reason is not None:
+        return False, f"not matchable: {reason}"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return bool(matcher.fit(a, b))
-    except Exception as exc:  # a degenerate cell must not end an evaluation; it counts as no match, visibly
-        logger.warning(
-            "StructureMatcher failed on %s vs %s (%s: %s): counted as no match",
-            a.composition.reduced_formula,
-            b.composition.reduced_formula,
-            type(exc).__name__,
-            exc,
-        )
-        return False
+            return bool(matcher.fit(a, b)), None
+    except Exception as exc:
+        return False, f"StructureMatcher failed ({type(exc).__name__}: {exc})"
+
+
+def _fit(matcher: StructureMatcher, a: Structure, b: Structure) -> bool:
+    matched, reason = fit_or_reason(matcher, a, b)
+    if reason is not None:  # counted as no match, visibly
+        log = logger.debug if reason.startswith("not matchable") else logger.warning
+        log("%s vs %s counted as no match: %s", a.composition.reduced_formula, b.composition.reduced_formula, reason)
+    return matched
 
 
 def deduplicate(
@@ -337,14 +340,10 @@ class ReferenceIndex:
         matcher = _matcher(matcher)
         failures: list[str] = []
         for ref, rid in zip(candidates, ids):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    fit = bool(matcher.fit(ref, structure))
-            except Exception as exc:  # a degenerate cell: this pair is undecided, not "different"
-                failures.append(f"{type(exc).__name__}: {exc}")
-                continue
-            if fit:
+            fit, failure = fit_or_reason(matcher, ref, structure)
+            if failure is not None:  # a degenerate cell: this pair is undecided, not "different"
+                failures.append(failure)
+            elif fit:
                 return NoveltyCheck(False, match=rid, candidates=len(candidates))
         if failures:
             error = f"StructureMatcher failed on {len(failures)} of {len(candidates)} references ({failures[0]})"

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -247,21 +246,13 @@ class StructureArchive:
         self.n_evicted += 1
 
     def _fit(self, a: Structure, b: Structure) -> bool:
-        from ..evaluation.matching import unmatchable_reason  # lazily: evaluation imports reward_models
+        from ..evaluation.matching import fit_or_reason  # lazily: evaluation imports reward_models
 
-        reason = unmatchable_reason(a) or unmatchable_reason(b)
-        if reason is not None:  # a collapsed cell: the matcher would not return
+        matched, reason = fit_or_reason(self.matcher, a, b)
+        if reason is not None:  # a degenerate cell must not end a training step
             self.n_matcher_errors += 1
             logger.debug("not matched in the archive: %s", reason)
-            return False
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return bool(self.matcher.fit(a, b))
-        except Exception as exc:  # a degenerate cell must not end a training step
-            self.n_matcher_errors += 1
-            logger.debug("StructureMatcher failed in the archive: %s", exc)
-            return False
+        return matched
 
     # ------------------------------------------------------------------ persistence (e.g. beside a checkpoint)
     def state_dict(self) -> dict[str, Any]:

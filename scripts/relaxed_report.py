@@ -1,0 +1,111 @@
+"""Unrelaxed vs relaxed stability and S.U.N. on the same random subset of each model's samples; JSON and a figure.
+
+    python benchmarks/bench_relax.py --samples D/samples.csv -n 200 --one-by-one 0 --save D/relaxed200.csv
+    crystalformer-rl evaluate D/samples.csv -o D/eval                          # all samples, unrelaxed rule
+    crystalformer-rl evaluate D/relaxed200.csv --column relaxed_cif -o D/eval_relaxed
+    python scripts/relaxed_report.py base=D/eval,D/eval_relaxed rl=R/eval,R/eval_relaxed
+
+Each ``label=UNRELAXED_EVAL,RELAXED_EVAL`` pairs the evaluation of the samples with that of the relaxed subset;
+rows are joined by name, so the unrelaxed figures are those of the very crystals that were relaxed. A crystal whose
+relaxation failed stays in the subset as not stable (as ``check_sun_materials`` counts it).
+Uniqueness in the relaxed rule is within the subset, in the unrelaxed rule within all samples.
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def joined(unrelaxed_dir: str, relaxed_dir: str) -> pd.DataFrame:
+    before = pd.read_csv(Path(unrelaxed_dir) / "structures.csv")
+    after = pd.read_csv(Path(relaxed_dir) / "structures.csv")
+    key = "input_name" if "input_name" in after else "name"
+    after = after.rename(columns={key: "sample"}).set_index("sample")
+    before = before.set_index("name").loc[after.index]
+    return pd.DataFrame(
+        {
+            "e_hull_unrelaxed": before["e_hull"],
+            "e_hull_relaxed": after["e_hull"],
+            "stable_unrelaxed": before["stable"].fillna(False).astype(bool),
+            "stable_relaxed": after["stable"].fillna(False).astype(bool),
+            "sun_unrelaxed": before["sun"].fillna(False).astype(bool),
+            "sun_relaxed": after["sun"].fillna(False).astype(bool),
+        }
+    )
+
+
+def rates(table: pd.DataFrame) -> dict:
+    n = len(table)
+    out = {"n": n}
+    for column in ("stable_unrelaxed", "stable_relaxed", "sun_unrelaxed", "sun_relaxed"):
+        p = float(table[column].mean())
+        out[column] = round(100 * p, 1)
+        out[f"{column}_stderr"] = round(100 * math.sqrt(p * (1 - p) / n), 1)
+    out["relaxed_scored"] = int(table["e_hull_relaxed"].notna().sum())
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pairs", nargs="+", help="label=UNRELAXED_EVAL_DIR,RELAXED_EVAL_DIR")
+    parser.add_argument("--output", default="docs/figures/relaxed_vs_unrelaxed.png")
+    parser.add_argument("--record", default="docs/figures/relaxed_vs_unrelaxed.json")
+    args = parser.parse_args()
+
+    tables = {}
+    for pair in args.pairs:
+        label, dirs = pair.split("=", 1)
+        tables[label] = joined(*dirs.split(","))
+    record = {label: rates(t) for label, t in tables.items()}
+
+    fig, (scatter, bars) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for i, (label, table) in enumerate(tables.items()):
+        ok = table.dropna(subset=["e_hull_unrelaxed", "e_hull_relaxed"])
+        scatter.scatter(ok["e_hull_unrelaxed"], ok["e_hull_relaxed"], s=9, alpha=0.6, color=f"C{i}", label=label)
+    # symmetric-log axes: E_hull spans -0.3 to ~15 eV/atom, and the stability threshold (0.1) must stay visible
+    top = max(15.0, max(float(t[["e_hull_unrelaxed", "e_hull_relaxed"]].max().max()) for t in tables.values()) * 1.1)
+    scatter.plot([-0.5, top], [-0.5, top], "k--", lw=0.8, label="unchanged")
+    scatter.axhline(0.1, color="grey", lw=0.8)
+    scatter.axvline(0.1, color="grey", lw=0.8)
+    for axis in ("x", "y"):
+        getattr(scatter, f"set_{axis}scale")("symlog", linthresh=0.1, linscale=0.5)
+        getattr(scatter, f"set_{axis}lim")(-0.5, top)
+    scatter.set_xlabel("E_hull as sampled (eV/atom, symlog)")
+    scatter.set_ylabel("E_hull after CHGNet relaxation (eV/atom, symlog)")
+    scatter.set_title("Relaxation moves crystals toward the hull")
+    scatter.legend()
+    names = ["stable\nunrelaxed", "stable\nrelaxed", "S.U.N.\nunrelaxed", "S.U.N.\nrelaxed"]
+    keys = ["stable_unrelaxed", "stable_relaxed", "sun_unrelaxed", "sun_relaxed"]
+    width = 0.8 / len(tables)
+    for i, (label, r) in enumerate(record.items()):
+        xs = [k + (i - (len(tables) - 1) / 2) * width for k in range(len(keys))]
+        bars.bar(
+            xs,
+            [r[k] for k in keys],
+            width,
+            yerr=[r[f"{k}_stderr"] for k in keys],
+            color=f"C{i}",
+            label=f"{label} (n = {r['n']})",
+            capsize=3,
+        )
+    bars.set_xticks(range(len(keys)), names)
+    bars.set_ylabel("% of the relaxed subset")
+    bars.set_title("Same crystals, before and after relaxation")
+    bars.legend()
+    bars.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.output, dpi=130)
+    Path(args.record).write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
