@@ -99,7 +99,8 @@ def main():
     bars.set_xticks(range(len(keys)), names)
     bars.set_ylabel("% of the relaxed subset")
     bars.set_title("Same crystals, before and after relaxation")
-    bars.legend()
+    bars.set_ylim(0, 1.3 * max(r[k] + r[f"{k}_stderr"] for r in record.values() for k in keys))  # room for the legend
+    bars.legend(loc="upper left")
     bars.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(args.output, dpi=130)
