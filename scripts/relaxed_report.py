@@ -27,8 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def joined(unrelaxed_dir: str, relaxed_dir: str) -> pd.DataFrame:
     before = pd.read_csv(Path(unrelaxed_dir) / "structures.csv")
     after = pd.read_csv(Path(relaxed_dir) / "structures.csv")
-    key = "input_name" if "input_name" in after else "name"
-    after = after.rename(columns={key: "sample"}).set_index("sample")
+    after = after.set_index("name")
     before = before.set_index("name").loc[after.index]
     return pd.DataFrame(
         {
