@@ -301,6 +301,19 @@ def test_rloo_gives_the_only_scorable_crystal_of_a_group_advantage_zero(tmp_path
     np.testing.assert_allclose(out["advantages"].numpy(), expected, atol=1e-6)
 
 
+def test_rloo_groups_are_crystals_of_one_space_group(tmp_path):
+    """The leave-one-out baseline is per space group only if TRL's sampler puts the num_generations copies of a
+    prompt next to each other in the batch, as ``_advantages`` groups them (``configs/rl_ehull_near_hull_rloo.yaml``
+    relies on it)."""
+    trainer = make_trainer(tmp_path, tiny_model(), steps=6, batch=24, baseline="rloo", num_generations=4)
+    seen, sample = [], trainer._sample
+    trainer._sample = lambda space_groups, inputs: seen.append(space_groups.clone()) or sample(space_groups, inputs)
+    trainer.train()
+    groups = torch.cat(seen).view(-1, 4)
+    assert len(seen) == 2 and torch.all(groups == groups[:, :1])
+    assert len(set(groups[:, 0].tolist())) > 1  # and the groups differ: one prompt per group, not one per batch
+
+
 def test_one_counted_line_replaces_trls_unscorable_warning(tmp_path, caplog):
     trainer = known_trainer(tmp_path)
     with caplog.at_level(logging.WARNING):
