@@ -4,8 +4,8 @@
         --space-groups base=runs/v3/base_sg/eval rl=runs/v3/rl_sg/eval --output docs/figures/rl_ehull
     python scripts/rl_demo_report.py --checkpoint-at-kl runs/rl-ehull 1.5     # a run's checkpoint nearest KL 1.5
 
-Each ``--eval LABEL=EVAL_DIR[:RUN_DIR]`` is an evaluation folder (``structures.csv``, ``summary.json``) and
-optionally the training run that made the model (its ``log_history.json`` gives the last logged KL to the base
+Each ``--eval LABEL=EVAL_DIR[+EVAL_DIR...][:RUN_DIR]`` is an evaluation folder (``structures.csv``,
+``summary.json``; several joined by ``+``, e.g. two seeds, are pooled) and optionally the training run that made the model (its ``log_history.json`` gives the last logged KL to the base
 model and the compute). Writes ``<output>_summary.json`` / ``.md`` (stable, unique, novel, S.U.N., S.U.N. per
 second, single-element share, distinct stable chemical systems, median E_hull, KL) and ``<output>_ehull.png``
 (overlaid E_hull histograms) and ``<output>_rates.png`` (stable and S.U.N. bars per model with its KL); with ``--curves``, ``<output>_curves.png`` (stable fraction, KL, uniqueness and
@@ -75,23 +75,33 @@ def checkpoint_at_kl(run_dir: Path, target: float, window: int = 5) -> Path:
     return best
 
 
-def facts(eval_dir: Path, run_dir: Path | None) -> dict:
-    table = pd.read_csv(eval_dir / "structures.csv")
-    summary = json.loads((eval_dir / "summary.json").read_text())
+def facts(eval_dirs: list[Path], run_dir: Path | None) -> dict:
+    """The numbers of one model; several evaluation folders (e.g. seeds 1 and 2) are pooled: their tables are
+    concatenated and their summaries' fractions averaged, weighted by the number of samples."""
+    tables = [pd.read_csv(d / "structures.csv") for d in eval_dirs]
+    summaries = [json.loads((d / "summary.json").read_text()) for d in eval_dirs]
+    table = pd.concat(tables, ignore_index=True)
     n = len(table)
+
+    def pooled(key):
+        values = [(s.get(key), len(t)) for s, t in zip(summaries, tables)]
+        if any(v is None for v, _ in values):
+            return None
+        return sum(v * m for v, m in values) / n
+
     systems = table["formula"].map(elements)
     stable = table["stable"].fillna(False).astype(bool) if "stable" in table else pd.Series(False, index=table.index)
     out = {
         "n": n,
-        "struct_valid": summary.get("frac_struct_valid"),
-        "comp_valid": summary.get("frac_comp_valid"),
-        "stable_unrelaxed": summary.get("frac_stable_unrelaxed"),
-        "stable_relaxed": summary.get("frac_stable_relaxed"),
-        "unique": summary.get("frac_unique"),
-        "novel": summary.get("frac_novel"),
-        "sun_unrelaxed": summary.get("frac_sun_unrelaxed"),
-        "sun_relaxed": summary.get("frac_sun_relaxed"),
-        "sun_per_second": summary.get("sun_per_second"),
+        "struct_valid": pooled("frac_struct_valid"),
+        "comp_valid": pooled("frac_comp_valid"),
+        "stable_unrelaxed": pooled("frac_stable_unrelaxed"),
+        "stable_relaxed": pooled("frac_stable_relaxed"),
+        "unique": pooled("frac_unique"),
+        "novel": pooled("frac_novel"),
+        "sun_unrelaxed": pooled("frac_sun_unrelaxed"),
+        "sun_relaxed": pooled("frac_sun_relaxed"),
+        "sun_per_second": pooled("sun_per_second"),
         "single_element": float((systems.map(len) == 1).sum() / n) if n else None,
         "distinct_stable_chemical_systems": int(systems[stable & (systems.map(len) > 0)].nunique()),
         "distinct_stable_formulas": int(table.loc[stable, "formula"].nunique()),
@@ -102,11 +112,12 @@ def facts(eval_dir: Path, run_dir: Path | None) -> dict:
 
 
 def parse(specs):
+    """``LABEL=DIR[+DIR...][:RUN_DIR]`` -> {label: ([dirs], run_dir)}."""
     parsed = {}
     for spec in specs:
         label, _, rest = spec.partition("=")
-        eval_dir, _, run_dir = rest.partition(":")
-        parsed[label] = (Path(eval_dir), Path(run_dir) if run_dir else None)
+        dirs, _, run_dir = rest.partition(":")
+        parsed[label] = ([Path(d) for d in dirs.split("+")], Path(run_dir) if run_dir else None)
     return parsed
 
 
@@ -226,9 +237,11 @@ def plot_rates(rows: dict[str, dict], path: str) -> None:
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(1.7 * len(labels) + 1.5, 3.6))
     for offset, (key, name) in zip((-0.2, 0.2), (("stable_unrelaxed", "stable"), ("sun_unrelaxed", "S.U.N."))):
-        values = [100 * (rows[k].get(key) or 0) for k in labels]
-        bars = ax.bar(x + offset, values, 0.4, label=name)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        values = np.array([100 * (rows[k].get(key) or 0) for k in labels])
+        # binomial standard error of each rate, so a reader sees which differences are ties
+        errors = np.sqrt(values * (100 - values) / np.array([rows[k]["n"] for k in labels]))
+        bars = ax.bar(x + offset, values, 0.4, yerr=errors, capsize=3, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     kls = [rows[k].get("kl_last5_mean") for k in labels]
     # the base model (first) is at KL 0; another model without a run directory has no known KL
     ticks = [
@@ -236,7 +249,8 @@ def plot_rates(rows: dict[str, dict], path: str) -> None:
         for i, (k, kl) in enumerate(zip(labels, kls))
     ]
     ax.set_xticks(x, ticks, fontsize=7)
-    ax.set_ylabel("% of 1,000 fresh samples (unrelaxed)")
+    sizes = sorted({rows[k]["n"] for k in labels})
+    ax.set_ylabel(f"% of {'/'.join(f'{n:,}' for n in sizes)} fresh samples (unrelaxed)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -245,7 +259,7 @@ def plot_rates(rows: dict[str, dict], path: str) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--eval", nargs="+", help="LABEL=EVAL_DIR[:RUN_DIR], the base model first")
+    parser.add_argument("--eval", nargs="+", help="LABEL=EVAL_DIR[+EVAL_DIR...][:RUN_DIR], the base model first")
     parser.add_argument("--space-groups", nargs="*", default=[], help="LABEL=EVAL_DIR of per-space-group draws")
     parser.add_argument("--histogram", nargs="*", default=None, help="labels of --eval in the histogram (default all)")
     parser.add_argument("--curves", nargs="*", default=[], help="LABEL=RUN_DIR of RL runs to plot against the step")
@@ -276,21 +290,23 @@ def main():
     shown = args.histogram or list(runs)
     plot_ehull_histogram(
         {
-            label: pd.read_csv(d / "structures.csv")["e_hull"].tolist()
-            for label, (d, _) in runs.items()
+            label: pd.concat([pd.read_csv(d / "structures.csv") for d in dirs])["e_hull"].tolist()
+            for label, (dirs, _) in runs.items()
             if label in shown
         },
         f"{out}_ehull.png",
         title=args.title,
     )
     if args.curves:
-        plot_runs({label: Path(d) for label, (d, _) in parse(args.curves).items()}, f"{out}_curves.png")
+        plot_runs({label: dirs[0] for label, (dirs, _) in parse(args.curves).items()}, f"{out}_curves.png")
     if args.preference_curves:
         plot_preference_runs(
-            {label: Path(d) for label, (d, _) in parse(args.preference_curves).items()}, f"{out}_preference.png"
+            {label: dirs[0] for label, (dirs, _) in parse(args.preference_curves).items()}, f"{out}_preference.png"
         )
     if args.space_groups:
-        tables = {label: pd.read_csv(d / "space_groups.csv") for label, (d, _) in parse(args.space_groups).items()}
+        tables = {
+            label: pd.read_csv(dirs[0] / "space_groups.csv") for label, (dirs, _) in parse(args.space_groups).items()
+        }
         plot_space_group_rates(
             tables,
             f"{out}_space_groups.png",
