@@ -5,8 +5,8 @@
     python scripts/rl_demo_report.py --checkpoint-at-kl runs/rl-ehull 1.5     # a run's checkpoint nearest KL 1.5
 
 Each ``--eval LABEL=EVAL_DIR[+EVAL_DIR...][:RUN_DIR]`` is an evaluation folder (``structures.csv``,
-``summary.json``; several joined by ``+``, e.g. two seeds, are pooled) and optionally the training run that made the model (its ``log_history.json`` gives the last logged KL to the base
-model and the compute). Writes ``<output>_summary.json`` / ``.md`` (stable, unique, novel, S.U.N., S.U.N. per
+``summary.json``; several joined by ``+``, e.g. two seeds, are pooled) and optionally the training run that made
+the model (its ``log_history.json`` gives the last logged KL to the base model and the compute). Writes ``<output>_summary.json`` / ``.md`` (stable, unique, novel, S.U.N., S.U.N. per
 second, single-element share, distinct stable chemical systems, median E_hull, KL) and ``<output>_ehull.png``
 (overlaid E_hull histograms) and ``<output>_rates.png`` (stable and S.U.N. bars per model with its KL); with ``--curves``, ``<output>_curves.png`` (stable fraction, KL, uniqueness and
 single-element share against the step); with ``--preference-curves`` (DPO runs), ``<output>_preference.png``
