@@ -6,8 +6,9 @@
 
 Each ``--eval LABEL=EVAL_DIR[+EVAL_DIR...][:RUN_DIR]`` is an evaluation folder (``structures.csv``,
 ``summary.json``; several joined by ``+``, e.g. two seeds, are pooled) and optionally the training run that made
-the model (its ``log_history.json`` gives the last logged KL to the base model and the compute). Writes ``<output>_summary.json`` / ``.md`` (stable, unique, novel, S.U.N., S.U.N. per
-second, single-element share, distinct stable chemical systems, median E_hull, KL) and ``<output>_ehull.png``
+the model (its ``log_history.json`` gives the last logged KL to the base model and the compute). Writes
+``<output>_summary.json`` / ``.md`` (stable, unique, novel, S.U.N., S.U.N. per second, single-element share,
+distinct stable chemical systems, median E_hull, KL) and ``<output>_ehull.png``
 (overlaid E_hull histograms) and ``<output>_rates.png`` (stable and S.U.N. bars per model with its KL); with ``--curves``, ``<output>_curves.png`` (stable fraction, KL, uniqueness and
 single-element share against the step); with ``--preference-curves`` (DPO runs), ``<output>_preference.png``
 (held-out loss, held-out and training preference accuracy, KL to the reference against the step); with ``--space-groups``, ``<output>_space_groups.png`` (stable and S.U.N. rates per
