@@ -12,15 +12,17 @@ import torch
 import trl
 from transformers import Trainer, TrainerCallback
 
+from crystalformer_rl.reward_models import NoveltyReward, SUNReward
 from crystalformer_rl.tokenization import CrystalTokens
 from crystalformer_rl.trainers import CrystalRLConfig, CrystalRLOOTrainer, space_group_prompts
-from crystalformer_rl.trainers.crystal_rloo_trainer import EMA_STATE_NAME
+from crystalformer_rl.trainers.crystal_rloo_trainer import EMA_STATE_NAME, REWARD_STATE_NAME
 from tests.helpers.rl_crystals import (
     KNOWN_FRACTIONS,
     ToyEhull,
     known_inputs,
     known_prompts,
     known_rollout,
+    known_tokens,
     logging_anion_share,
 )
 from tests.helpers.rl_toy import SPACE_GROUPS, anion_fraction, tiny_model, train_fixed
@@ -355,3 +357,31 @@ def test_the_ema_baseline_is_restored_on_the_path_every_backend_takes(tmp_path):
     b = resumed.accelerator.unwrap_model(resumed.model).state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_resumed_sun_aware_run_still_knows_what_it_produced(tmp_path):
+    """The S.U.N.-aware reward's archive is saved with each checkpoint and restored on resume; before, a resumed run
+    started empty and scored every crystal produced before the checkpoint as unique again."""
+
+    def sun_reward():
+        return SUNReward(ToyEhull(), NoveltyReward(reference=None, duplicate_penalty=0.5))
+
+    produced = sun_reward()
+    run = known_trainer(tmp_path, reward_funcs=produced, max_steps=3, save_strategy="steps", save_steps=3)
+    run.train()
+    checkpoint = tmp_path / "checkpoint-3"
+    assert (checkpoint / REWARD_STATE_NAME.format(suffix="")).exists()
+    archived = {e["formula"] for e in produced.state_dict()["archive"]["entries"]}
+    assert archived  # the run's crystals (which 5 of the 10 known ones the sampler drew, each twice)
+
+    restored = sun_reward()
+    resumed = known_trainer(tmp_path, reward_funcs=restored, max_steps=6, save_strategy="steps", save_steps=3)
+    resumed.create_optimizer_and_scheduler(num_training_steps=6)
+    resumed._load_optimizer_and_scheduler(str(checkpoint))  # the hook every backend's resume passes
+    assert restored.state_dict() == produced.state_dict()
+
+    rows = [r for r, formula in [(0, "NaCl"), (3, "Cu"), (4, "NaCl2"), (7, "MgO"), (8, "KCl")] if formula in archived]
+    t = known_tokens(rows)  # crystals produced before the checkpoint
+    again = [CrystalTokens(int(g), w, a, x, lat) for g, w, a, x, lat in zip(t["G"], t["W"], t["A"], t["XYZ"], t["L"])]
+    unique = sun_reward()(completions=again)  # what the resumed run used to see
+    assert restored(completions=again) == pytest.approx([u - 0.5 for u in unique])  # duplicates: −0.5 each

@@ -338,9 +338,9 @@ class NoveltyReward(CrystalReward):
 
     **Stateful**: every call adds its novel crystals to the archive, in input order, so the second of two matching
     crystals in one call is already a duplicate; calling twice on the same crystals gives different answers
-    (:meth:`classify` with ``record=False`` only looks). The archive is not saved with a trainer checkpoint
-    (:meth:`state_dict` / :meth:`load_state_dict` can be) and, under multi-process training, every rank keeps its
-    own (duplicates across ranks are not seen; the trainer's ``unique_fraction`` covers the global batch).
+    (:meth:`classify` with ``record=False`` only looks). :class:`CrystalRLOOTrainer` saves the archive
+    (:meth:`state_dict`) with every checkpoint and restores it on resume; under multi-process training every rank
+    keeps its own (duplicates across ranks are not seen; the trainer's ``unique_fraction`` covers the global batch).
 
     To train with it, wrap the stability reward in :class:`SUNReward` rather than passing this as a second
     ``reward_funcs`` entry or inside ``WeightedSumReward``: see :class:`SUNReward` for why.

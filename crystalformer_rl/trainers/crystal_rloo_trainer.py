@@ -21,6 +21,7 @@ name, and a copy taken afterwards shares the patched forward, which silently giv
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import logging as pylogging
 import math
@@ -38,12 +39,15 @@ from trl import RLOOTrainer
 
 from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
 from ..tokenization import TOKEN_FIELDS, CrystalTokenizer, CrystalTokens, WyckoffTables
-from ..utils import atomic_write_text
+from ..utils import atomic_write_bytes, atomic_write_text
 from .crystal_rloo_config import CrystalRLConfig
 
 
 logger = logging.get_logger(__name__)
 EMA_STATE_NAME = "ema_baseline.json"
+# The state of stateful reward functions (e.g. the S.U.N.-aware reward's archive of produced crystals), one file per
+# process since each rank keeps its own: reward_state.json.gz on rank 0, reward_state-rank<i>.json.gz on rank i.
+REWARD_STATE_NAME = "reward_state{suffix}.json.gz"
 TOKEN_KEYS = TOKEN_FIELDS  # the token arrays, in the model's order
 TRL_UNSCORABLE_WARNING = "at least one reward function returns a valid reward"
 
@@ -404,21 +408,64 @@ class CrystalRLOOTrainer(RLOOTrainer):
     # ---------------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             state = {
                 "ema_baseline": self.ema_baseline,
                 "step": self.state.global_step,
                 "base_model_fingerprint": self._base_fingerprint(),
             }
             atomic_write_text(json.dumps(state), os.path.join(folder, EMA_STATE_NAME))
+        self._save_reward_state(folder)  # on every rank: each keeps its own state
 
     def _load_optimizer_and_scheduler(self, checkpoint):
-        """Also restore the EMA baseline: ``Trainer`` calls this on every backend when resuming, whereas DeepSpeed
-        and FSDP never reach ``_load_from_checkpoint``."""
+        """Also restore the EMA baseline and the rewards' state: ``Trainer`` calls this on every backend when
+        resuming, whereas DeepSpeed and FSDP never reach ``_load_from_checkpoint``."""
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             self._load_ema_state(checkpoint)
+            self._load_reward_state(checkpoint)
+
+    def _stateful_rewards(self) -> dict[str, Any]:
+        """Reward functions whose answer depends on what they saw before: a JSON ``state_dict`` (a reward *model*'s
+        ``torch.nn.Module.state_dict`` is its fixed weights, not state)."""
+        return {
+            name: func
+            for name, func in zip(self.reward_func_names, self.reward_funcs)
+            if callable(getattr(func, "load_state_dict", None)) and not isinstance(func, torch.nn.Module)
+        }
+
+    def _reward_state_path(self, folder: str) -> str:
+        index = self.accelerator.process_index
+        return os.path.join(folder, REWARD_STATE_NAME.format(suffix="" if index == 0 else f"-rank{index}"))
+
+    def _save_reward_state(self, folder: str) -> None:
+        """Without this a resumed S.U.N.-aware run would start with an empty archive: every crystal of the run
+        before the checkpoint would look unique again."""
+        rewards = self._stateful_rewards()
+        if not rewards:
+            return
+        os.makedirs(folder, exist_ok=True)
+        payload = gzip.compress(json.dumps({n: f.state_dict() for n, f in rewards.items()}).encode(), mtime=0)
+        atomic_write_bytes(payload, self._reward_state_path(folder))
+
+    def _load_reward_state(self, checkpoint: str) -> None:
+        rewards = self._stateful_rewards()
+        if not rewards:
+            return
+        path = self._reward_state_path(checkpoint)
+        if not os.path.exists(path):
+            logger.warning(
+                "%s: no reward state; %s start empty (a checkpoint written before reward state was saved)",
+                checkpoint,
+                ", ".join(rewards),
+            )
+            return
+        with gzip.open(path, "rt") as f:
+            state = json.load(f)
+        for name, func in rewards.items():
+            if name in state:
+                func.load_state_dict(state[name])
 
     def _load_ema_state(self, resume_from_checkpoint):
         path = os.path.join(resume_from_checkpoint, EMA_STATE_NAME)
