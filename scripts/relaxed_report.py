@@ -5,15 +5,17 @@
     crystalformer-rl evaluate D/relaxed200.csv --column relaxed_cif -o D/eval_relaxed
     python scripts/relaxed_report.py base=D/eval,D/eval_relaxed rl=R/eval,R/eval_relaxed
 
-Each ``label=UNRELAXED_EVAL,RELAXED_EVAL`` pairs the evaluation of the samples with that of the relaxed subset;
+Each ``label=UNRELAXED_EVAL,RELAXED_EVAL`` (or ``U1+U2,R1+R2`` to pool draws) pairs the evaluation of the samples with that of the relaxed subset;
 rows are joined by name, so the unrelaxed figures are those of the very crystals that were relaxed. A crystal whose
 relaxation failed stays in the subset as not stable (as ``check_sun_materials`` counts it).
-Uniqueness in the relaxed rule is within the subset, in the unrelaxed rule within all samples.
+Uniqueness in the relaxed rule is within the subset, in the unrelaxed rule within all samples. ``--previous`` adds
+the bars of models recorded by an earlier run (their evaluation folders need not exist any more).
 """
 
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -37,6 +39,7 @@ def joined(unrelaxed_dir: str, relaxed_dir: str) -> pd.DataFrame:
             "stable_relaxed": after["stable"].fillna(False).astype(bool),
             "sun_unrelaxed": before["sun"].fillna(False).astype(bool),
             "sun_relaxed": after["sun"].fillna(False).astype(bool),
+            "single_element": after["formula"].map(lambda f: len(set(re.findall(r"[A-Z][a-z]?", str(f)))) == 1),
         }
     )
 
@@ -49,6 +52,9 @@ def rates(table: pd.DataFrame) -> dict:
         out[column] = round(100 * p, 1)
         out[f"{column}_stderr"] = round(100 * math.sqrt(p * (1 - p) / n), 1)
     out["relaxed_scored"] = int(table["e_hull_relaxed"].notna().sum())
+    # an RL collapse onto elements (H2, O2, Hg) can inflate S.U.N.: report it without them too
+    out["single_element"] = round(100 * float(table["single_element"].mean()), 1)
+    out["sun_relaxed_multi_element"] = round(100 * float((table["sun_relaxed"] & ~table["single_element"]).mean()), 1)
     return out
 
 
@@ -56,19 +62,26 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", nargs="+", help="label=UNRELAXED_EVAL_DIR,RELAXED_EVAL_DIR")
     parser.add_argument("--output", default="docs/figures/relaxed_vs_unrelaxed.png")
-    parser.add_argument("--record", default="docs/figures/relaxed_vs_unrelaxed.json")
+    parser.add_argument("--record", help="where the rates go as JSON (default: --output with .json)")
+    parser.add_argument("--previous", help="a record of an earlier run whose models join the bars")
     args = parser.parse_args()
+    record_path = Path(args.record) if args.record else Path(args.output).with_suffix(".json")
 
     tables = {}
     for pair in args.pairs:
         label, dirs = pair.split("=", 1)
-        tables[label] = joined(*dirs.split(","))
-    record = {label: rates(t) for label, t in tables.items()}
+        unrelaxed, relaxed = dirs.split(",")
+        # U1+U2,R1+R2 pools two draws (e.g. seeds); keys keep their names apart
+        parts = [joined(u, r) for u, r in zip(unrelaxed.split("+"), relaxed.split("+"), strict=True)]
+        tables[label] = pd.concat(parts, keys=range(len(parts)))
+    record = json.loads(Path(args.previous).read_text()) if args.previous else {}
+    record.update({label: rates(t) for label, t in tables.items()})
 
     fig, (scatter, bars) = plt.subplots(1, 2, figsize=(11, 4.4))
-    for i, (label, table) in enumerate(tables.items()):
+    colors = {label: f"C{i}" for i, label in enumerate(record)}  # the same colour in both panels
+    for label, table in tables.items():
         ok = table.dropna(subset=["e_hull_unrelaxed", "e_hull_relaxed"])
-        scatter.scatter(ok["e_hull_unrelaxed"], ok["e_hull_relaxed"], s=9, alpha=0.6, color=f"C{i}", label=label)
+        scatter.scatter(ok["e_hull_unrelaxed"], ok["e_hull_relaxed"], s=9, alpha=0.6, color=colors[label], label=label)
     # symmetric-log axes: E_hull spans -0.3 to ~15 eV/atom, and the stability threshold (0.1) must stay visible
     top = max(15.0, max(float(t[["e_hull_unrelaxed", "e_hull_relaxed"]].max().max()) for t in tables.values()) * 1.1)
     scatter.plot([-0.5, top], [-0.5, top], "k--", lw=0.8, label="unchanged")
@@ -83,27 +96,38 @@ def main():
     scatter.legend()
     names = ["stable\nunrelaxed", "stable\nrelaxed", "S.U.N.\nunrelaxed", "S.U.N.\nrelaxed"]
     keys = ["stable_unrelaxed", "stable_relaxed", "sun_unrelaxed", "sun_relaxed"]
-    width = 0.8 / len(tables)
+    width = 0.8 / len(record)
     for i, (label, r) in enumerate(record.items()):
-        xs = [k + (i - (len(tables) - 1) / 2) * width for k in range(len(keys))]
+        xs = [k + (i - (len(record) - 1) / 2) * width for k in range(len(keys))]
         bars.bar(
             xs,
             [r[k] for k in keys],
             width,
             yerr=[r[f"{k}_stderr"] for k in keys],
-            color=f"C{i}",
+            color=colors[label],
             label=f"{label} (n = {r['n']})",
             capsize=3,
         )
+        if "sun_relaxed_multi_element" in r:  # what is left of relaxed S.U.N. without the elemental crystals
+            bars.scatter(
+                xs[-1],
+                r["sun_relaxed_multi_element"],
+                marker="_",
+                s=400,
+                color="black",
+                zorder=3,
+                label="S.U.N. relaxed without single-element crystals" if i == len(record) - 1 else None,
+            )
     bars.set_xticks(range(len(keys)), names)
     bars.set_ylabel("% of the relaxed subset")
     bars.set_title("Same crystals, before and after relaxation")
-    bars.set_ylim(0, 1.3 * max(r[k] + r[f"{k}_stderr"] for r in record.values() for k in keys))  # room for the legend
-    bars.legend(loc="upper left")
+    tallest = max(r[k] + r[f"{k}_stderr"] for r in record.values() for k in keys)
+    bars.set_ylim(0, tallest * (1.15 + 0.08 * len(record)))  # room for the legend above the bars
+    bars.legend(loc="upper left", fontsize="small")
     bars.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(args.output, dpi=130)
-    Path(args.record).write_text(json.dumps(record, indent=1) + "\n")
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
 
 
