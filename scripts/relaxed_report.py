@@ -5,8 +5,8 @@
     crystalformer-rl evaluate D/relaxed200.csv --column relaxed_cif -o D/eval_relaxed
     python scripts/relaxed_report.py base=D/eval,D/eval_relaxed rl=R/eval,R/eval_relaxed
 
-Each ``label=UNRELAXED_EVAL,RELAXED_EVAL`` (or ``U1+U2,R1+R2`` to pool draws) pairs the evaluation of the samples with that of the relaxed subset;
-rows are joined by name, so the unrelaxed figures are those of the very crystals that were relaxed. A crystal whose
+Each ``label=UNRELAXED_EVAL,RELAXED_EVAL`` (or ``U1+U2,R1+R2`` to pool draws) pairs the evaluation of the samples
+with that of the relaxed subset; rows are joined by name, so the unrelaxed figures are those of the very crystals that were relaxed. A crystal whose
 relaxation failed stays in the subset as not stable (as ``check_sun_materials`` counts it).
 Uniqueness in the relaxed rule is within the subset, in the unrelaxed rule within all samples. ``--previous`` adds
 the bars of models recorded by an earlier run (their evaluation folders need not exist any more).
@@ -15,11 +15,11 @@ the bars of models recorded by an earlier run (their evaluation folders need not
 import argparse
 import json
 import math
-import re
 from pathlib import Path
 
 import matplotlib
 import pandas as pd
+from pymatgen.core import Composition
 
 
 matplotlib.use("Agg")
@@ -39,7 +39,7 @@ def joined(unrelaxed_dir: str, relaxed_dir: str) -> pd.DataFrame:
             "stable_relaxed": after["stable"].fillna(False).astype(bool),
             "sun_unrelaxed": before["sun"].fillna(False).astype(bool),
             "sun_relaxed": after["sun"].fillna(False).astype(bool),
-            "single_element": after["formula"].map(lambda f: len(set(re.findall(r"[A-Z][a-z]?", str(f)))) == 1),
+            "single_element": after["formula"].map(lambda f: isinstance(f, str) and Composition(f).is_element),
         }
     )
 
@@ -97,6 +97,7 @@ def main():
     names = ["stable\nunrelaxed", "stable\nrelaxed", "S.U.N.\nunrelaxed", "S.U.N.\nrelaxed"]
     keys = ["stable_unrelaxed", "stable_relaxed", "sun_unrelaxed", "sun_relaxed"]
     width = 0.8 / len(record)
+    marker_label = "S.U.N. relaxed without single-element crystals"
     for i, (label, r) in enumerate(record.items()):
         xs = [k + (i - (len(record) - 1) / 2) * width for k in range(len(keys))]
         bars.bar(
@@ -116,8 +117,9 @@ def main():
                 s=400,
                 color="black",
                 zorder=3,
-                label="S.U.N. relaxed without single-element crystals" if i == len(record) - 1 else None,
+                label=marker_label,
             )
+            marker_label = None  # one legend entry
     bars.set_xticks(range(len(keys)), names)
     bars.set_ylabel("% of the relaxed subset")
     bars.set_title("Same crystals, before and after relaxation")
