@@ -277,6 +277,34 @@ def test_invalid_settings_are_refused():
         SUNReward(child, NoveltyReward(reference=None), penalty=2.0)  # novelty kwargs beside a given novelty
 
 
+def test_min_elements_scores_elemental_crystals_as_known_without_a_test(val, reference, distinct):
+    """Elemental MP crystals the matcher calls novel (the reference lacks their phase) count as known with
+    min_elements=2, are not archived, and pay the known penalty inside SUNReward; compounds are untouched."""
+    elemental = [
+        s for s in (Structure.from_str(cif, fmt="cif") for cif in val.cif) if len(s.composition.elements) == 1
+    ]
+    looked = NoveltyReward(reference=reference).classify(elemental, record=False)
+    novel_elemental = [s for s, v in zip(elemental, looked) if v.status == "novel"]
+    assert len(novel_elemental) >= 2  # without the rule these would be paid as new crystals
+
+    novelty = NoveltyReward(reference=reference, min_elements=2, known_penalty=0.3, duplicate_penalty=0.7)
+    verdicts = novelty.classify([*novel_elemental, distinct[1]])
+    assert [v.status for v in verdicts] == ["known"] * len(novel_elemental) + ["novel"]
+    assert verdicts[0].match == "fewer than 2 elements"
+    assert len(novelty.archive) == 1  # only the compound was recorded
+
+    s = novel_elemental[0]
+    child = ToyEhull({s.composition.reduced_formula: 0.05})
+    reward = SUNReward(child, NoveltyReward(reference=reference, min_elements=2, known_penalty=0.3))
+    assert reward.compute([s]) == [pytest.approx(-0.35)]
+    assert SUNReward(child, NoveltyReward(reference=reference, known_penalty=0.3)).compute([s]) == [
+        pytest.approx(-0.05)
+    ]
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="min_elements"):
+            NoveltyReward(reference=None, min_elements=bad)
+
+
 # ----------------------------------------------------------------------------------------------- SUNReward
 def test_sun_reward_discounts_known_and_repeated_crystals(reference, known, distinct):
     stretched = strained(known, 1.6)

@@ -63,9 +63,10 @@ class NoveltyVerdict:
     """Outcome of the novelty test of one crystal.
 
     ``status``: ``"novel"`` (matches neither a reference nor an archived crystal), ``"known"`` (matches a reference
-    crystal, or the reference test was undecided and ``undecided="known"``), ``"duplicate"`` (matches an archived
-    crystal) or ``"error"`` (the test itself failed; scored neutrally by :class:`SUNReward`). ``match``: the
-    reference id (known) or the archive key (duplicate). ``undecided``: the reference test was incomplete.
+    crystal, the reference test was undecided and ``undecided="known"``, or the crystal has fewer than
+    ``min_elements`` elements), ``"duplicate"`` (matches an archived crystal) or ``"error"`` (the test itself failed;
+    scored neutrally by :class:`SUNReward`). ``match``: the reference id (known) or the archive key (duplicate).
+    ``undecided``: the reference test was incomplete.
     """
 
     status: str
@@ -358,6 +359,12 @@ class NoveltyReward(CrystalReward):
         archive_policy: ``"lru"`` or ``"fifo"`` (see :class:`StructureArchive`).
         undecided: how a crystal whose reference test is incomplete (a matcher error) counts: ``"known"``
             (default, as evaluation counts it not novel) or ``"novel"``.
+        min_elements: a crystal of fewer distinct elements counts as known without a test (``match``: ``"fewer
+            than N elements"``). Default ``1`` (off). ``2`` stops RL from collapsing onto elemental crystals: the
+            stable phases of every element are known, so an elemental crystal near the hull that the matcher calls
+            novel is a known phase in disguise (a molecular H2 or O2 cell) or the potential's error, and a policy
+            paid for crystals farther from the hull reaches them first (issue 11: clip [0, 3] took the
+            single-element share from 1.55 to 10.8 %).
         matcher, matcher_kwargs: a ``StructureMatcher``, or keyword arguments for one (default: pymatgen's
             defaults, as ``crystalformer-rl evaluate``).
         reference_column: the crystal column of a reference table, when it cannot be guessed.
@@ -381,6 +388,7 @@ class NoveltyReward(CrystalReward):
         max_per_composition: int | None = 32,
         archive_policy: str = "lru",
         undecided: str = "known",
+        min_elements: int = 1,
         matcher: StructureMatcher | None = None,
         matcher_kwargs: dict[str, Any] | None = None,
         reference_column: str | None = None,
@@ -407,6 +415,9 @@ class NoveltyReward(CrystalReward):
         else:
             self.values = {NOVEL: 0.0, KNOWN: -self.known_penalty, DUPLICATE: -self.duplicate_penalty}
         self.undecided = undecided
+        if isinstance(min_elements, bool) or not isinstance(min_elements, int) or min_elements < 1:
+            raise ValueError(f"min_elements must be an integer >= 1, not {min_elements!r}")
+        self.min_elements = min_elements
         self.matcher = matcher if matcher is not None else StructureMatcher(**(matcher_kwargs or {}))
         self.reference = load_reference(reference, column=reference_column)
         self.archive = StructureArchive(archive_size, max_per_composition, archive_policy, matcher=self.matcher)
@@ -445,6 +456,8 @@ class NoveltyReward(CrystalReward):
 
     def _classify_one(self, structure: Structure, record: bool) -> NoveltyVerdict:
         s = _without_oxidation_states(as_structure(structure))
+        if len(s.composition.elements) < self.min_elements:
+            return NoveltyVerdict(KNOWN, match=f"fewer than {self.min_elements} elements")
         formula = composition_key(s)
         key = structure_fingerprint(s)
         novel, match, error = self._reference_check(s, key)
@@ -574,7 +587,8 @@ class NoveltyReward(CrystalReward):
         ref = getattr(self.reference, "name", None) if self.reference is not None else None
         return (
             f"NoveltyReward(reference={ref!r}, mode={self.mode!r}, known_penalty={self.known_penalty:g}, "
-            f"duplicate_penalty={self.duplicate_penalty:g}, archive={len(self.archive)}/{self.archive.max_size})"
+            f"duplicate_penalty={self.duplicate_penalty:g}, min_elements={self.min_elements}, "
+            f"archive={len(self.archive)}/{self.archive.max_size})"
         )
 
 
