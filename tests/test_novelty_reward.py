@@ -396,12 +396,19 @@ def test_sun_config_parses():
         "rl_dielectric_uncertainty.yaml",
         "rl_ehull_near_hull.yaml",
         "rl_ehull_sun_near_hull.yaml",
+        "rl_ehull_sun_near_hull_rloo.yaml",
     ):
         script, config = TrlParser((RLScriptArguments, CrystalRLConfig)).parse_args_and_config(
             ["--config", str(REPO / "configs" / name)]
         )
         assert config.save_steps % config.num_iterations == 0
         assert isinstance(json.loads(script.reward_kwargs or "{}"), dict)
+    recipe = yaml.safe_load((REPO / "configs" / "rl_ehull_sun_near_hull_rloo.yaml").read_text())
+    sun = NoveltyReward(
+        reference=None,
+        **{k: v for k, v in json.loads(recipe["reward_kwargs"])["ehull_sun"].items() if k != "reference"},
+    )
+    assert sun.min_elements == 2 and sun.known_penalty == 1.0 and sun.duplicate_penalty == 0.1
 
 
 @pytest.mark.slow
