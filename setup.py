@@ -2,6 +2,7 @@
 
 from setuptools import find_packages, setup
 
+
 # torch is deliberately bounded below only: on a CPU machine install the CPU wheel first
 # (`pip install torch==2.13.0`, or `--index-url https://download.pytorch.org/whl/cpu`), then this package.
 INSTALL_REQUIRES = [

@@ -49,6 +49,12 @@ def main():
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--primitive",
+        action="store_true",
+        help="relax each crystal's primitive cell, both ways (`evaluate --relax_primitive`); energies per atom of "
+        "that cell",
+    )
+    parser.add_argument(
         "--save",
         help="also write the batched results (name, relaxed_cif, energy, reason) to this CSV: "
         "`crystalformer-rl evaluate FILE --column relaxed_cif` then judges the relaxed crystals",
@@ -56,10 +62,13 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from crystalformer_rl.evaluation.stability import relax_structures
+    from crystalformer_rl.evaluation.stability import primitive_cell, relax_structures
     from crystalformer_rl.reward_models.energy import CHGNetEnergyModel, relax_structure
 
     structures, names = generated_structures(args.samples, args.n, args.seed)
+    sampled_atoms = sum(len(s) for s in structures)
+    if args.primitive:
+        structures = [primitive_cell(s) for s in structures]
     model = CHGNetEnergyModel("r2scan", batch_size=args.batch_size)
 
     def relax_fn(chunk, on_done=None):
@@ -115,6 +124,9 @@ def main():
                 "cores": os.cpu_count(),
                 "fmax": args.fmax,
                 "max_steps": args.steps,
+                "primitive": args.primitive,
+                "atoms_per_structure": round(sum(len(s) for s in structures) / len(structures), 2),
+                "atoms_per_structure_as_sampled": round(sampled_atoms / len(structures), 2),
                 "batched": {
                     "structures": len(structures),
                     "seconds": round(batched_seconds, 1),

@@ -9,7 +9,8 @@ Two parts, one run, one thread count per line (stated in the JSON):
   lever is added to the previous one: previous defaults (random batches padded to their longest crystal, the
   full output rows assembled, a host sync per loss term) -> length-grouped batches (the Trainer's
   ``LengthGroupedSampler`` order) -> loss-only head (``output_logits=False``, no per-term ``.item()``) ->
-  ``torch.compile``. Also measured: reference padding to n_max, dropout 0 (its cost), and 1 vs 2 threads.
+  ``torch.compile``. Also measured: reference padding to n_max, dropout 0 (its cost), bf16 autocast and 1 vs 2
+  threads.
   Every variant first runs all its batches once untimed (warm-up, compilation), then is timed on them.
 * ``pretraining path``: ``CrystalPretrainer.train()`` with the project's default pretraining settings vs the
   previous defaults, timed from step ``--warmup-steps`` on (compilation excluded, reported separately).
@@ -63,14 +64,15 @@ def make_model(size: str, dropout: float | None = None, seed: int = 0):
     return CrystalFormerForCrystalGeneration(CrystalFormerConfig(**kwargs))
 
 
-def time_steps(model, batches, logits_and_sync: bool, compile_model: bool = False) -> dict:
+def time_steps(model, batches, logits_and_sync: bool, compile_model: bool = False, bf16: bool = False) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
     if compile_model:
         model._forward_checked = torch.compile(model._forward_checked, dynamic=True)
 
     def step(batch):
-        out = model(**batch, output_logits=logits_and_sync)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(**batch, output_logits=logits_and_sync)
         out.loss.backward()
         if logits_and_sync:
             [out[t].item() for t in TERMS]
@@ -178,19 +180,20 @@ def main():
         "+ length-grouped batches": (None, grouped, True, False, None),
         "+ loss-only head, no per-step sync (eager default)": (None, grouped, False, False, None),
         "  same, dropout 0 (the cost of dropout)": (0.0, grouped, False, False, None),
+        "  same, bf16 autocast (AMX on CPUs that have it)": (None, grouped, False, False, None, True),
         "  same, eager, 1 thread": (None, grouped, False, False, 1),
         "+ torch.compile": (None, grouped, False, True, None),
         "  same, compiled, 1 thread": (None, grouped, False, True, 1),
     }
     results = {}
-    for name, (dropout, batches, logits, compiled, threads) in variants.items():
+    for name, (dropout, batches, logits, compiled, threads, *bf16) in variants.items():
         key = name.strip()
         if key in args.skip or any(s in key for s in args.skip):
             continue
         torch.set_num_threads(threads or args.threads)
         label = f"{key} [threads={torch.get_num_threads()}]"
         results[label] = {
-            **time_steps(make_model(args.size, dropout), batches, logits, compiled),
+            **time_steps(make_model(args.size, dropout), batches, logits, compiled, bool(bf16)),
             "mean_sites": sites(batches),
         }
         print(json.dumps({label: results[label]}), flush=True)
@@ -202,6 +205,7 @@ def main():
         "project defaults": {},
         "project defaults, compile_model": {"compile_model": True},
         "project defaults, dropout 0": {"dropout": 0.0},
+        "project defaults, bf16": {"bf16": True},
     }
     for name, overrides in runs.items():
         if any(s in name for s in args.skip_pretraining):

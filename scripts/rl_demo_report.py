@@ -261,7 +261,9 @@ def plot_rates(rows: dict[str, dict], path: str) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval", nargs="+", help="LABEL=EVAL_DIR[+EVAL_DIR...][:RUN_DIR], the base model first")
-    parser.add_argument("--space-groups", nargs="*", default=[], help="LABEL=EVAL_DIR of per-space-group draws")
+    parser.add_argument(
+        "--space-groups", nargs="*", default=[], help="LABEL=EVAL_DIR[+EVAL_DIR...] of per-space-group draws"
+    )
     parser.add_argument("--histogram", nargs="*", default=None, help="labels of --eval in the histogram (default all)")
     parser.add_argument("--curves", nargs="*", default=[], help="LABEL=RUN_DIR of RL runs to plot against the step")
     parser.add_argument(
@@ -279,6 +281,7 @@ def main():
     if not args.eval or not args.output:
         parser.error("--eval and --output are required (unless --checkpoint-at-kl)")
 
+    from crystalformer_rl.evaluation.evaluate import space_group_table
     from crystalformer_rl.evaluation.plots import plot_ehull_histogram, plot_space_group_rates
 
     out = Path(args.output)
@@ -305,8 +308,9 @@ def main():
             {label: dirs[0] for label, (dirs, _) in parse(args.preference_curves).items()}, f"{out}_preference.png"
         )
     if args.space_groups:
-        tables = {
-            label: pd.read_csv(dirs[0] / "space_groups.csv") for label, (dirs, _) in parse(args.space_groups).items()
+        tables = {  # pooled draws (DIR1+DIR2) are counted together, as in --eval
+            label: space_group_table(pd.concat([pd.read_csv(d / "structures.csv") for d in dirs], ignore_index=True))
+            for label, (dirs, _) in parse(args.space_groups).items()
         }
         plot_space_group_rates(
             tables,

@@ -179,3 +179,18 @@ def test_rl_resume_from_missing_checkpoint(capsys, tiny_folder, tmp_path):
 def test_unknown_command_is_one_line(capsys):
     code, lines = run_cli(["smaple"], capsys)
     assert_one_line(code, lines, "invalid choice", "smaple")
+
+
+def test_rl_reward_clip_range_from_the_command_line(capsys, tiny_folder, tmp_path):
+    """``--reward_clip_range=-1,0`` is the pair (-1, 0); HfArgumentParser used to make ``[-1,0]`` a tuple of its six
+    characters, which only failed at the first batch. A bad range is one line naming the option."""
+    from crystalformer_rl.commands import parse_args
+
+    for given, expected in (("-1,0", (-1.0, 0.0)), ("[-3, 0]", (-3.0, 0.0)), ("none", None)):
+        _, config = parse_args("rl", [f"--reward_clip_range={given}", "--output_dir", str(tmp_path)])
+        assert config.reward_clip_range == expected, given
+    argv = ["rl", "--model", str(tiny_folder), "--output_dir", str(tmp_path / "rl"), "--use_cpu", "true"]
+    code, lines = run_cli([*argv, "--reward_clip_range=0,-1"], capsys)
+    assert_one_line(code, lines, "--reward_clip_range '0,-1'", "MIN <= MAX")
+    code, lines = run_cli([*argv, "--reward_clip_range=low,high"], capsys)
+    assert_one_line(code, lines, "--reward_clip_range 'low,high'", "two numbers MIN,MAX")

@@ -273,6 +273,43 @@ def test_lockstep_relaxation_isolates_a_failing_structure(caplog):
     assert all(r.converged for i, r in enumerate(results) if i != 1)
 
 
+def test_primitive_relaxation_relaxes_fewer_atoms_to_the_same_energy_per_atom():
+    """``relax_structures(primitive=True)`` gives the relaxer each centred crystal's primitive cell (real MP crystals in
+    their conventional cells, strained: R3m AgPd2Au 12 -> 4 atoms, Cmmm Al3Ni5 16 -> 8) and reaches the relaxed
+    energy per atom of the conventional cell; a rattled cell, its centring broken, is not reduced."""
+    import pandas as pd
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from crystalformer_rl.evaluation.stability import primitive_cell, relax_structures
+
+    frames = [pd.read_csv(SHARED / "data" / "mp20_pilot" / f"{split}.csv.gz") for split in ("train", "val")]
+    rows = pd.concat(frames).drop_duplicates("material_id").set_index("material_id").loc[["mp-1229031", "mp-16514"]]
+    conventional = []
+    for cif in rows.cif:
+        cell = SpacegroupAnalyzer(Structure.from_str(cif, fmt="cif")).get_conventional_standard_structure()
+        cell.scale_lattice(cell.volume * 1.06)
+        conventional.append(cell)
+    model, sizes = ASEEnergyModel(EMT(), "toy"), []
+
+    def relax_fn(structures, on_done=None):
+        sizes.extend(len(s) for s in structures)
+        return [(r.structure, r.energy) for r in model.relax_many(structures, fmax=0.02, steps=300, on_done=on_done)]
+
+    relax_fn.batched = True
+    primitive, e_primitive, _ = relax_structures(conventional, relax_fn, progress=False, primitive=True)
+    assert sizes == [4, 8]
+    sizes.clear()
+    full, e_full, _ = relax_structures(conventional, relax_fn, progress=False)
+    assert sizes == [12, 16]
+    for a, b, e_a, e_b in zip(primitive, full, e_primitive, e_full):
+        assert abs(e_a / len(a) - e_b / len(b)) < 1e-3
+        assert StructureMatcher().fit(a, b)
+    rattled = conventional[1].copy()
+    rattled.perturb(0.05, seed=0)
+    assert len(primitive_cell(rattled)) == 16
+
+
 def test_scale_mismatch_is_refused():
     with pytest.raises(EnergyScaleMismatchError, match="toy"):
         EhullReward(ASEEnergyModel(EMT(), "gga"), hull=toy_hull("toy"))

@@ -71,6 +71,14 @@ class EvaluateArguments(CommandArguments):
     relax: bool = field(default=False, metadata={"help": "Relax with the MLIP before judging stability."})
     fmax: float = field(default=0.1, metadata={"help": "Relaxation force threshold (eV/Å)."})
     steps: int = field(default=500, metadata={"help": "Maximum relaxation steps."})
+    relax_primitive: bool = field(
+        default=False,
+        metadata={
+            "help": "Relax each crystal's primitive cell instead of the conventional cell it was sampled in (the "
+            "reference's mlff_relax.py option): a centred cell has 2-4x the atoms, so this is faster; relaxed_cif "
+            "is then the primitive cell."
+        },
+    )
     ehull_threshold: float = field(default=0.1, metadata={"help": "Stable: E_hull <= this (eV/atom)."})
     sampling_seconds: float | None = field(
         default=None,
@@ -194,6 +202,7 @@ def run_evaluate(args: EvaluateArguments | list[str] | None = None) -> dict[str,
         relax=args.relax,
         fmax=args.fmax,
         steps=args.steps,
+        relax_primitive=args.relax_primitive,
         ehull_threshold=args.ehull_threshold,
         same_space_group=args.same_space_group,
         symprec=args.symprec,

@@ -331,6 +331,7 @@ def evaluate_structures(
     ehull_kwargs: dict[str, Any] | None = None,
     fmax: float = 0.1,
     steps: int = 500,
+    relax_primitive: bool = False,
     ehull_threshold: float = 0.1,
     same_space_group: bool = False,
     symprec: float = 0.1,
@@ -351,6 +352,8 @@ def evaluate_structures(
             e.g. ``{"calculator": "chgnet-r2scan", "hull": ReferenceHull(...)}``).
         relax: relax with ``relax_fn`` (default: the reward's energy model, FIRE, ``fmax``, ``steps``) and judge
             stability, uniqueness and novelty on the relaxed structures.
+        relax_primitive: relax each crystal's primitive cell (fewer atoms per step for centred cells; see
+            :func:`~crystalformer_rl.evaluation.stability.primitive_cell`); ``relaxed_cif`` is then that cell.
         ehull_threshold: stable means ``E_hull <= ehull_threshold`` eV/atom.
         symprec: spglib tolerance of the ``space_group`` column.
         sampling_seconds: wall time spent generating the samples, for S.U.N. per second.
@@ -377,8 +380,9 @@ def evaluate_structures(
         relax_fn = default_relax_fn(fmax=fmax, steps=steps, ehull_fn=ehull_fn)
 
     table = _validity_table(names, structures, errors, symprec, progress)
+    relax_settings = {"fmax": fmax, "steps": steps, "primitive": relax_primitive}
     relaxed, stable, stable_unrelaxed, relaxation_seconds = _stability_columns(
-        table, structures, stability, relax, ehull_fn, relax_fn, fmax, steps, ehull_threshold, batch_size, progress
+        table, structures, stability, relax, ehull_fn, relax_fn, relax_settings, ehull_threshold, batch_size, progress
     )
     _sun_columns(
         table, structures, relaxed if relax else None, index, stable, stable_unrelaxed, same_space_group, progress
@@ -398,6 +402,7 @@ def evaluate_structures(
         "relaxed": bool(relax),
         "fmax": fmax if relax else None,
         "steps": steps if relax else None,
+        "relax_primitive": bool(relax_primitive) if relax else None,
         "reference": getattr(index, "name", None),
         "reference_size": len(index) if index is not None else None,
         "same_space_group": same_space_group,
@@ -464,7 +469,7 @@ def _validity_table(names, structures, errors, symprec: float, progress: bool) -
 
 
 def _stability_columns(
-    table, structures, stability, relax, ehull_fn, relax_fn, fmax, steps, ehull_threshold, batch_size, progress
+    table, structures, stability, relax, ehull_fn, relax_fn, relax_settings, ehull_threshold, batch_size, progress
 ):
     """Add E_hull (as sampled and, with ``relax``, relaxed) and the stable flags to ``table``.
 
@@ -482,9 +487,7 @@ def _stability_columns(
         table["stable_unrelaxed"] = pd.array(stable_unrelaxed, dtype="boolean")
     if relax:
         start = time.perf_counter()
-        relaxed, energies, relax_reasons = relax_structures(
-            structures, relax_fn, fmax=fmax, steps=steps, progress=progress
-        )
+        relaxed, energies, relax_reasons = relax_structures(structures, relax_fn, progress=progress, **relax_settings)
         relaxation_seconds = time.perf_counter() - start
         table["energy_relaxed"] = pd.array(energies, dtype="Float64")
         table["relax_reason"] = relax_reasons

@@ -20,11 +20,20 @@ from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
 from ..reward_models.energy import RelaxResult
+from .matching import unmatchable_reason
 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EhullFn", "RelaxFn", "compute_ehull", "default_ehull_fn", "default_relax_fn", "relax_structures"]
+__all__ = [
+    "EhullFn",
+    "RelaxFn",
+    "compute_ehull",
+    "default_ehull_fn",
+    "default_relax_fn",
+    "primitive_cell",
+    "relax_structures",
+]
 
 EhullFn = Callable[[list[Structure]], Sequence[Any]]
 RelaxFn = Callable[[list[Structure]], Sequence[Any]]
@@ -173,12 +182,15 @@ def relax_structures(
     steps: int = 500,
     progress: bool = True,
     chunk_size: int = 64,
+    primitive: bool = False,
 ) -> tuple[list[Structure | None], list[float | None], list[str | None]]:
     """Relaxed structure, its total energy (eV) and the failure reason, per input.
 
     A batched ``relax_fn`` (the default, see :func:`default_relax_fn`) gets ``chunk_size`` structures at a time
     and reports each as it finishes; any other ``relax_fn`` gets one structure at a time, so that a relaxation
     that blows up costs only its own row. Either way a failure is that row's reason, never the run's.
+    ``primitive`` relaxes each crystal's primitive cell (:func:`primitive_cell`), as the reference's
+    ``mlff_relax.py`` can; the energy is then that of the primitive cell (the same per atom).
     """
     relax_fn = relax_fn or default_relax_fn(fmax=fmax, steps=steps)
     relaxed: list[Structure | None] = [None] * len(structures)
@@ -188,6 +200,8 @@ def relax_structures(
     for i, s in enumerate(structures):
         if s is None:
             reasons[i] = "no structure"
+    if primitive:
+        structures = [s if s is None else primitive_cell(s) for s in structures]
     batched = getattr(relax_fn, "batched", False)
     size = max(1, chunk_size) if batched else 1
     bar = tqdm(total=len(todo), desc="relaxing", unit="crystal", disable=not progress)
@@ -212,6 +226,25 @@ def relax_structures(
     if n_failed:
         logger.warning("relaxation: %d/%d structures not relaxed", n_failed, len(structures))
     return relaxed, energies, reasons
+
+
+def primitive_cell(structure: Structure, tolerance: float = 0.01) -> Structure:
+    """The primitive cell of ``structure`` (pymatgen, translations exact to ``tolerance`` Å), else ``structure``.
+
+    A sampled crystal comes in its conventional cell, so a centred one (C, I, F, R) carries 2-4 copies of each
+    atom, and every relaxation step pays for all of them. The tolerance is tight because sampled Wyckoff positions
+    are exact: a loose one would merge nearly equivalent atoms and change the crystal. A collapsed cell (which
+    pymatgen's Niggli reduction may not return from), a failed reduction or one that changes the composition
+    keeps the cell as it is.
+    """
+    if unmatchable_reason(structure) is not None:
+        return structure
+    try:
+        reduced = structure.get_primitive_structure(tolerance=tolerance)
+    except Exception:  # the conventional cell is always a valid fallback
+        return structure
+    same = reduced.composition.reduced_composition == structure.composition.reduced_composition
+    return reduced if same and len(reduced) < len(structure) else structure
 
 
 def _relaxation_outcome(result: Any) -> tuple[Structure | None, float | None, str | None]:

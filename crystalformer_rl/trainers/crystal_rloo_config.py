@@ -11,6 +11,25 @@ from ..modeling_crystalformer import SamplingOptions
 from .precision import PIN_MEMORY_HELP, TF32_HELP, pin_memory_only_on_cuda
 
 
+def parse_clip_range(value) -> tuple[float, float] | None:
+    """``reward_clip_range`` from YAML (a list), Python (a tuple) or the command line (``-1,0``, ``[-1, 0]``,
+    ``none``). HfArgumentParser turns a command-line string into a tuple of its characters; they are joined back."""
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, str) and len(v) == 1 for v in value):
+        value = "".join(value)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    parts = value.strip().strip("[]()").split(",") if isinstance(value, str) else list(value)
+    try:
+        low, high = (float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"--reward_clip_range {value!r}: give two numbers MIN,MAX (e.g. --reward_clip_range=-1,0) or none"
+        ) from None
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ValueError(f"--reward_clip_range {value!r}: need finite MIN <= MAX")
+    return (low, high)
+
+
 @dataclass
 class CrystalRLConfig(RLOOConfig):
     r"""
@@ -65,8 +84,8 @@ class CrystalRLConfig(RLOOConfig):
         metadata={
             "help": "Clip the reward to (min, max) before the KL term and the baseline. Default: the reference code's "
             "E_hull rule, E_hull clipped to [-10, 10] eV/atom (reward = -E_hull). Widen it or set None for rewards on "
-            "another scale (the dielectric figure of merit); a range is set in the YAML config ([-20, 20]), the "
-            "command line only parses 'none'."
+            "another scale (the dielectric figure of merit): [-20, 20] in the YAML config, --reward_clip_range=-20,20 "
+            "or --reward_clip_range none on the command line."
         },
     )
 
@@ -137,6 +156,7 @@ class CrystalRLConfig(RLOOConfig):
             raise ValueError(f"baseline must be 'ema' or 'rloo', not {self.baseline!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
+        self.reward_clip_range = parse_clip_range(self.reward_clip_range)
         super().__post_init__()
         self.sampling_options()  # a bad temperature / top_p / element is reported now, not at the first batch
         pin_memory_only_on_cuda(self)
