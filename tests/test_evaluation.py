@@ -235,6 +235,35 @@ def test_failures_never_abort(val_structures):
     assert t.loc[0, "relaxed_cif"].startswith("# generated using pymatgen") and pd.isna(t.loc[1, "relaxed_cif"])
 
 
+def test_relax_primitive_hands_the_relaxer_primitive_cells(val):
+    """``evaluate --relax_primitive``: a centred MP crystal in its conventional cell (Cmmm Al3Ni5, 16 atoms) reaches
+    the relaxer as its 8-atom primitive cell, ``relaxed_cif`` is that cell, and the summary records the setting."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    pilot = pd.concat([val, pd.read_csv(SHARED / "data" / "mp20_pilot" / "train.csv.gz")])
+    cif = pilot.set_index("material_id").loc["mp-16514", "cif"]
+    cell = SpacegroupAnalyzer(Structure.from_str(cif, fmt="cif")).get_conventional_standard_structure()
+    seen = []
+
+    def relax_fn(structures):
+        seen.extend(len(s) for s in structures)
+        return [(s.copy(), -1.0 * len(s)) for s in structures]
+
+    for primitive, atoms in ((True, 8), (False, 16)):
+        seen.clear()
+        result = evaluate_structures(
+            [cell],
+            relax=True,
+            relax_primitive=primitive,
+            ehull_fn=lambda ss: [0.0] * len(ss),
+            relax_fn=relax_fn,
+            progress=False,
+        )
+        assert seen == [atoms]
+        assert len(Structure.from_str(result.table.loc[0, "relaxed_cif"], fmt="cif")) == atoms
+        assert result.summary["settings"]["relax_primitive"] is primitive
+
+
 # --------------------------------------------------------------------------------------------- inputs
 def test_inputs_folder_extxyz_tokens_and_metadata(val, tmp_path):
     from ase.io import write
