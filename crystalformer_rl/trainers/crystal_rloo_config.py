@@ -14,7 +14,8 @@ from .precision import PIN_MEMORY_HELP, TF32_HELP, pin_memory_only_on_cuda
 def parse_clip_range(value) -> tuple[float, float] | None:
     """``reward_clip_range`` from YAML (a list), Python (a tuple) or the command line (``-1,0``, ``[-1, 0]``,
     ``none``). HfArgumentParser turns a command-line string into a tuple of its characters; they are joined back."""
-    if isinstance(value, (tuple, list)) and value and all(isinstance(v, str) and len(v) == 1 for v in value):
+    characters = isinstance(value, (tuple, list)) and all(isinstance(v, str) and len(v) == 1 for v in value)
+    if characters and len(value) != 2:  # ("-", "1", ",", "0"); a pair such as ("0", "1") is two numbers
         value = "".join(value)
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
         return None
