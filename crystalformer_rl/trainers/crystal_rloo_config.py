@@ -19,8 +19,8 @@ def parse_clip_range(value) -> tuple[float, float] | None:
         value = "".join(value)
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
         return None
-    parts = value.strip().strip("[]()").split(",") if isinstance(value, str) else list(value)
     try:
+        parts = value.strip().strip("[]()").split(",") if isinstance(value, str) else list(value)
         low, high = (float(v) for v in parts)
     except (TypeError, ValueError):
         raise ValueError(
