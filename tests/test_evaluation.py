@@ -235,6 +235,42 @@ def test_failures_never_abort(val_structures):
     assert t.loc[0, "relaxed_cif"].startswith("# generated using pymatgen") and pd.isna(t.loc[1, "relaxed_cif"])
 
 
+def test_numpy_ehull_values_count_and_collapsed_cells_are_not_relaxed(val_structures):
+    """An injected E_hull model may return numpy scalars (they are values, not failure reasons); a collapsed cell is
+    never handed to the relaxer, and a wrong --space_group_column fails before any E_hull or relaxation."""
+    values, reasons = compute_ehull(
+        val_structures[:3], lambda ss: [np.float32(0.05), np.array(0.2), np.int64(0)], batch_size=3, progress=False
+    )
+    assert values == pytest.approx([0.05, 0.2, 0.0]) and reasons == [None, None, None]
+
+    collapsed = val_structures[0].copy()
+    collapsed.lattice = Lattice(np.diag([collapsed.lattice.a, collapsed.lattice.b, 1e-5]))
+    seen = []
+
+    def relax_fn(structures):
+        seen.extend(structures)
+        return [(s.copy(), -1.0 * len(s)) for s in structures]
+
+    result = evaluate_structures(
+        [val_structures[1], collapsed],
+        relax=True,
+        ehull_fn=lambda ss: [0.0] * len(ss),
+        relax_fn=relax_fn,
+        progress=False,
+    )
+    assert len(seen) == 1 and "not relaxed" in result.table.loc[1, "relax_reason"]
+
+    calls = []
+    with pytest.raises(ValueError, match="space_group_column 'Gx'"):
+        evaluate_structures(
+            val_structures[:2],
+            ehull_fn=lambda ss: calls.append(ss) or [0.0] * len(ss),
+            space_group_column="Gx",
+            progress=False,
+        )
+    assert calls == []
+
+
 def test_relax_primitive_hands_the_relaxer_primitive_cells(val):
     """``evaluate --relax_primitive``: a centred MP crystal in its conventional cell (Cmmm Al3Ni5, 16 atoms) reaches
     the relaxer as its 8-atom primitive cell, ``relaxed_cif`` is that cell, and the summary records the setting."""
@@ -265,6 +301,32 @@ def test_relax_primitive_hands_the_relaxer_primitive_cells(val):
 
 
 # --------------------------------------------------------------------------------------------- inputs
+def test_the_samplers_cif_folder_and_extxyz_carry_its_record(val, tmp_path, caplog):
+    """``crystalformer-rl sample`` writes ``sampling.json`` beside ``cifs/`` and ``samples.extxyz``: evaluating either
+    keeps the sampling time (S.U.N. per second) and says when undecodable crystals are missing from it."""
+    import json
+
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    structures = [Structure.from_str(c, fmt="cif") for c in val.cif[:2]]
+    (tmp_path / "cifs").mkdir()
+    for i, s in enumerate(structures):
+        s.to(filename=str(tmp_path / "cifs" / f"sample-{i}.cif"))
+    write(tmp_path / "samples.extxyz", [AseAtomsAdaptor.get_atoms(s) for s in structures])
+    files = {"cif": str(tmp_path / "cifs"), "extxyz": str(tmp_path / "samples.extxyz")}
+    record = {"num_samples": 3, "sampling_seconds": 2.5, "files": files}
+    (tmp_path / "sampling.json").write_text(json.dumps(record))
+    for source in (tmp_path / "cifs", tmp_path / "samples.extxyz"):
+        caplog.clear()
+        loaded = load_crystals(source, progress=False)
+        assert len(loaded.structures) == 2 and loaded.sampling_seconds == 2.5
+        assert "holds 2 of the 3 crystals sampled" in caplog.text
+    # a sampling.json that does not name the folder is someone else's record
+    (tmp_path / "sampling.json").write_text(json.dumps({**record, "files": {"cif": "elsewhere/cifs"}}))
+    assert load_crystals(tmp_path / "cifs", progress=False).sampling_seconds is None
+
+
 def test_inputs_folder_extxyz_tokens_and_metadata(val, tmp_path):
     from ase.io import write
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -359,6 +421,52 @@ def test_cli_writes_table_summary_and_plots(val, tmp_path, monkeypatch):
     assert saved["n_total"] == 14 and saved["n_sun"] == summary["n_sun"] <= saved["n_stable"]
     assert saved["sun_per_second"] == pytest.approx(summary["n_sun"] / 7)
     assert saved["settings"]["reference_size"] == 1000
+
+
+def test_sun_deduplicates_among_the_stable_crystals_as_check_sun_materials(val_structures):
+    """StructureMatcher is not transitive: rock salt stretched by 0 and 20 % match, 20 and 40 % match, 0 and 40 %
+    do not. The reference keeps the stable crystals first and de-duplicates among them; de-duplicating all crystals
+    first (unstable ones included) counts other groups."""
+
+    def rock_salt(stretch):
+        return Structure(Lattice.tetragonal(4, 4 * (1 + stretch)), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+    reference = [s for s in val_structures if s.composition.reduced_formula != "NaCl"][:20]
+    for stretches, ehull, sun in [
+        ((0.2, 0.0, 0.4), (1.0, 0.0, 0.0), [False, True, True]),  # the unstable 20 % would join the other two
+        ((0.0, 0.4, 0.2), (1.0, 0.0, 0.0), [False, True, False]),  # 40 % and 20 % are one stable group
+        ((0.0, 0.2), (1.0, 0.0), [False, True]),  # a group's first member unstable: counted through the stable one
+    ]:
+        structures = [rock_salt(x) for x in stretches]
+        values = dict(zip(stretches, ehull))
+
+        def ehull_fn(batch):
+            return [values[round(s.lattice.c / s.lattice.a - 1, 6)] for s in batch]
+
+        result = evaluate_structures(structures, reference=reference, ehull_fn=ehull_fn, progress=False)
+        assert result.table["sun"].tolist() == sun, stretches
+        assert result.summary["n_sun"] == result.summary["n_stable_unique"] == sum(sun)
+
+
+def test_space_group_bars_are_labelled_with_short_symbols_in_the_standard_setting(tmp_path):
+    from crystalformer_rl.evaluation.evaluate import space_group_table
+    from crystalformer_rl.evaluation.plots import _space_group_symbol, plot_space_group_rates
+
+    # screw axes as subscripts, and the standard setting's short symbol (pymatgen gives P12_1/c1 for 14)
+    assert [_space_group_symbol(g) for g in (14, 194, 225, 12, 2)] == ["P2₁/c", "P6₃/mmc", "Fm-3m", "C2/m", "P-1"]
+    assert _space_group_symbol(0) == "0"
+    frame = pd.DataFrame(
+        {
+            "space_group": [225, 225, 14, 14],
+            "stable_unrelaxed": [True, False, False, False],
+            "sun_unrelaxed": [True] + [False] * 3,
+        }
+    )
+    tables = {"base": space_group_table(frame), "RL": space_group_table(frame.assign(sun_unrelaxed=True))}
+    out = plot_space_group_rates(
+        tables, tmp_path / "rates.png", columns=("frac_stable_unrelaxed", "frac_sun_unrelaxed")
+    )
+    assert out.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_plots(tmp_path):

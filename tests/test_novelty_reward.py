@@ -344,6 +344,22 @@ def test_sun_reward_discounts_known_and_repeated_crystals(reference, known, dist
     assert novelty.archive.find(distinct[0], touch=False) is None
 
 
+def test_a_childs_own_clip_holds_inside_the_sun_reward_and_sums(reference, known):
+    """E_hull clipped to [0, 1] by the child: a crystal 0.5 eV/atom below the hull cannot offset its penalty. Before,
+    the S.U.N. reward and the sums used the unclipped -E_hull, so a known crystal scored -0.5 instead of -1 and a
+    repeat +0.4 (the best reward once the trainer clipped the total to [-1, 0]) instead of -0.1."""
+    from crystalformer_rl.reward_models import WeightedSumReward
+
+    below = ToyEhull({"LiMnIr2": -0.5}, reward_clip_range=(-1.0, 0.0))
+    stretched = strained(known, 1.6)
+    assert below(completions=[known]) == [0.0]
+    reward = SUNReward(below, NoveltyReward(reference=reference, known_penalty=1.0, duplicate_penalty=0.1))
+    assert reward(completions=[known, stretched, stretched.copy()]) == pytest.approx([-1.0, 0.0, -0.1])
+    assert WeightedSumReward([below], [2.0])(completions=[known]) == [0.0]
+    # the physical value stays unclipped for the stable fraction
+    assert reward.last_child_values[0] == pytest.approx(-0.5)
+
+
 def test_sun_reward_multiplicative_for_a_positive_reward(reference, known):
     fom_like = ToyEhull({"LiMnIr2": 2.0, "NaMnIr2": 4.0}, positive=True)
     fom_like.name = fom_like.__name__ = "fom"
@@ -404,10 +420,10 @@ def test_sun_config_parses():
         assert config.save_steps % config.num_iterations == 0
         assert isinstance(json.loads(script.reward_kwargs or "{}"), dict)
     recipe = yaml.safe_load((REPO / "configs" / "rl_ehull_sun_near_hull_rloo.yaml").read_text())
-    sun = NoveltyReward(
-        reference=None,
-        **{k: v for k, v in json.loads(recipe["reward_kwargs"])["ehull_sun"].items() if k != "reference"},
-    )
+    kwargs = json.loads(recipe["reward_kwargs"])["ehull_sun"]
+    # E_hull itself is clipped to [0, 1] eV/atom, so a crystal below the hull cannot offset a penalty
+    assert ToyEhull({}, **kwargs.pop("ehull_kwargs")).reward_clip_range == (-1.0, 0.0)
+    sun = NoveltyReward(reference=None, **{k: v for k, v in kwargs.items() if k != "reference"})
     assert sun.min_elements == 2 and sun.known_penalty == 1.0 and sun.duplicate_penalty == 0.1
 
 

@@ -212,12 +212,23 @@ def test_config_validation():
         space_group_prompts([0, 231])
 
 
+def test_element_restricted_rl_is_refused():
+    """The sampler masks elements but the likelihood in the PPO ratio and the KL does not: refused, not run wrong."""
+    with pytest.raises(ValueError, match="element-restricted RL is not supported"):
+        CrystalRLConfig(output_dir="x", use_cpu=True, elements=["Li", "O"])
+
+
 def test_save_steps_off_the_sampling_cycle_are_refused():
     """A checkpoint between two sampled batches cannot resume exactly (TRL keeps no position in the μ updates)."""
     with pytest.raises(ValueError, match=r"save_steps=4 is not a multiple of num_iterations=3"):
         CrystalRLConfig(output_dir="x", use_cpu=True, save_strategy="steps", save_steps=4, num_iterations=3)
     with pytest.raises(ValueError, match=r"save_steps=5 .*num_iterations=3"):  # 0.5 of 10 steps
         CrystalRLConfig(output_dir="x", use_cpu=True, save_steps=0.5, max_steps=10)
+    with pytest.raises(ValueError, match=r"max_steps=10 is not a multiple of num_iterations=3"):  # the final save
+        CrystalRLConfig(output_dir="x", use_cpu=True, save_steps=6, max_steps=10)
+    assert (
+        CrystalRLConfig(output_dir="x", use_cpu=True, save_steps=6, max_steps=10, save_strategy="no").max_steps == 10
+    )
     assert CrystalRLConfig(output_dir="x", use_cpu=True, save_steps=6).save_steps == 6
     assert CrystalRLConfig(output_dir="x", use_cpu=True, save_steps=4, save_strategy="no").save_steps == 4
 
@@ -233,6 +244,8 @@ def test_metrics_that_rewards_report_are_logged_and_drained(tmp_path):
         for key in ("ehull/failed_fraction", "ehull/seconds", "ehull/cached_fraction", "anion_share/batch_mean"):
             assert h[key] is not None and np.isfinite(h[key]), key
         assert 0 <= h["ehull/failed_fraction"] <= 1
+        # the baseline's own scale is logged beside it: the reward less τ·KL
+        assert h["reward_shaped"] == pytest.approx(h["reward"] - trainer.beta * h["kl"], abs=1e-5)
     assert not trainer._pending_metrics and not trainer._pending_extra_logs
     assert len(trainer._logs["extra"]["anion_share"]) == 10
 

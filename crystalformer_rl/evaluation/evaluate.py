@@ -240,8 +240,8 @@ def summarize(table: pd.DataFrame, settings: dict[str, Any], sampling_seconds: f
         summary["n_novelty_undecided_unrelaxed"] = int(table["novelty_error_unrelaxed"].notna().sum())
     if "novelty_stage" in table:
         summary["n_novel_new_composition"] = int((table["novelty_stage"] == "composition").sum())
-    if summary["n_stable"] is not None:
-        summary["n_stable_unique"] = int((table["stable"].fillna(False) & table["unique"].fillna(False)).sum())
+    if "stable_unique" in table:  # de-duplicated among the stable crystals, as the S.U.N. rule counts them
+        summary["n_stable_unique"] = _count(table["stable_unique"])
     ehull_column = "e_hull_relaxed" if "e_hull_relaxed" in table else "e_hull"
     if ehull_column in table:
         summary["ehull_column"] = ehull_column
@@ -380,6 +380,14 @@ def evaluate_structures(
         relax_fn = default_relax_fn(fmax=fmax, steps=steps, ehull_fn=ehull_fn)
 
     table = _validity_table(names, structures, errors, symprec, progress)
+    if space_group_column is not None:  # now, not after hours of relaxation
+        inputs = list(extra.columns) if extra is not None and len(extra) == n else []
+        available = [*table.columns, *inputs, *(f"input_{c}" for c in inputs if c in table.columns)]
+        if space_group_column not in available:
+            raise ValueError(
+                f"space_group_column {space_group_column!r} is not a column of the input or the table "
+                f"(available: {', '.join(map(str, dict.fromkeys(available)))})"
+            )
     relax_settings = {"fmax": fmax, "steps": steps, "primitive": relax_primitive}
     relaxed, stable, stable_unrelaxed, relaxation_seconds = _stability_columns(
         table, structures, stability, relax, ehull_fn, relax_fn, relax_settings, ehull_threshold, batch_size, progress
@@ -533,11 +541,16 @@ def _sun_columns(table, structures, relaxed, index, stable, stable_unrelaxed, sa
             for i, check in zip(moved, again):
                 checks_unrelaxed[i] = check
             _novelty_columns(table, checks_unrelaxed, suffix="_unrelaxed")
+    if stable is not None:
+        first_stable = _first_stable(matched, stable, progress)
+        table["stable_unique"] = pd.array(first_stable, dtype="boolean")
+        first_stable_unrelaxed = first_stable
+        if relax:
+            first_stable_unrelaxed = _first_stable(structures, stable_unrelaxed, progress)
+            table["stable_unique_unrelaxed"] = pd.array(first_stable_unrelaxed, dtype="boolean")
     if checks is not None and stable is not None:
-        table["sun"] = pd.array(_sun(stable, _is_novel(checks), duplicate_of), dtype="boolean")
-        table["sun_unrelaxed"] = pd.array(
-            _sun(stable_unrelaxed, _is_novel(checks_unrelaxed), duplicate_of_unrelaxed), dtype="boolean"
-        )
+        table["sun"] = pd.array(_sun(first_stable, _is_novel(checks)), dtype="boolean")
+        table["sun_unrelaxed"] = pd.array(_sun(first_stable_unrelaxed, _is_novel(checks_unrelaxed)), dtype="boolean")
         if relax:
             table["sun_relaxed"] = table["sun"]
 
@@ -564,20 +577,23 @@ def _novelty_columns(table: pd.DataFrame, checks: Sequence[Any], suffix: str = "
     table[f"novelty_error{suffix}"] = [None if c is None else c.error for c in checks]
 
 
-def _sun(stable: Sequence[bool], novel: Sequence[bool], duplicate_of: Sequence[int | None]) -> list[bool]:
-    """S.U.N. flags: the first stable-and-novel member of each duplicate group.
+def _first_stable(structures: Sequence[Structure | None], stable: Sequence[bool], progress: bool) -> list[bool]:
+    """Whether each crystal is stable and matches no stable crystal kept before it: the reference's
+    ``check_sun_materials`` keeps the stable crystals first and de-duplicates among them (greedy, in input order).
 
-    Counting a group through its first *stable* member (not its first member) is what the reference's order,
-    stable structures first and de-duplication among them, gives.
+    Not the same as ``stable & unique``: ``unique`` de-duplicates all crystals, so a group whose first member is
+    unstable would lose its stable members, and ``StructureMatcher`` is not transitive, so groups formed with the
+    unstable crystals in them can split the stable ones differently.
     """
-    sun = [False] * len(stable)
-    counted: set[int] = set()
-    for i, group in enumerate(duplicate_of):
-        if group is None or not (stable[i] and novel[i]) or group in counted:
-            continue
-        counted.add(group)
-        sun[i] = True
-    return sun
+    kept = deduplicate(
+        [s if ok else None for s, ok in zip(structures, stable)], progress=progress, desc="uniqueness (stable)"
+    )
+    return _is_unique(kept)
+
+
+def _sun(first_stable: Sequence[bool], novel: Sequence[bool]) -> list[bool]:
+    """S.U.N. flags as ``check_sun_materials``: the stable crystals kept by de-duplication among them that are novel."""
+    return [bool(u and n) for u, n in zip(first_stable, novel)]
 
 
 def evaluate_crystals(

@@ -144,7 +144,41 @@ def _folder_metadata(path: Path) -> dict[str, Any]:
                 continue
             if isinstance(data, dict):
                 return data
-    return {}
+    return _sampler_record(path)
+
+
+def _sampler_record(path: Path) -> dict[str, Any]:
+    """``crystalformer-rl sample``'s ``sampling.json`` beside ``cifs/`` or ``samples.extxyz``, when it names ``path``
+    among the files it wrote (the sampling time, the model and the number of crystals asked for)."""
+    record = path.parent / "sampling.json"
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    # the record's paths are as the sampler was given them (often relative): compare the last two parts
+    written = (
+        {(Path(str(f)).parent.name, Path(str(f)).name) for f in files.values()} if isinstance(files, dict) else ()
+    )
+    if (path.parent.name, path.name) not in written and ("", path.name) not in written:
+        return {}
+    return data
+
+
+def _warn_if_incomplete(loaded: LoadedCrystals, path: Path, limit: int | None) -> LoadedCrystals:
+    """CIF folders and extxyz files hold only the crystals that decoded: say so when the sampler asked for more,
+    since every fraction is then over the decoded crystals only."""
+    asked = loaded.metadata.get("num_samples") if loaded.metadata else None
+    if limit is None and isinstance(asked, int) and asked > len(loaded.structures):
+        logger.warning(
+            "%s holds %d of the %d crystals sampled (undecodable ones are not written there): fractions are over "
+            "these %d; evaluate the samples table (samples.csv) for fractions of all samples",
+            path,
+            len(loaded.structures),
+            asked,
+            len(loaded.structures),
+        )
+    return loaded
 
 
 def structure_from_record(value: Any, column: str) -> Structure:
@@ -264,7 +298,9 @@ def load_crystals(
                     structures[i], errors[i] = Structure.from_file(p), None
                 except Exception as exc:
                     errors[i] = f"could not read {p.name}: {type(exc).__name__}: {exc}"
-        return LoadedCrystals(names, structures, errors, metadata=_folder_metadata(path))
+        return _warn_if_incomplete(
+            LoadedCrystals(names, structures, errors, metadata=_folder_metadata(path)), path, limit
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file or folder")
 
@@ -299,7 +335,9 @@ def load_crystals(
             except Exception as exc:  # e.g. a frame without a cell
                 structures.append(None)
                 errors.append(f"could not build structure: {type(exc).__name__}: {exc}")
-        return LoadedCrystals([f"{path.stem}-{i}" for i in range(len(structures))], structures, errors)
+        names = [f"{path.stem}-{i}" for i in range(len(structures))]
+        metadata = _sidecar_metadata(path) or _sampler_record(path)
+        return _warn_if_incomplete(LoadedCrystals(names, structures, errors, metadata=metadata), path, limit)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

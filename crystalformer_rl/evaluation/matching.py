@@ -128,6 +128,7 @@ def deduplicate(
     structures: Sequence[Structure | None],
     matcher: StructureMatcher | None = None,
     progress: bool = True,
+    desc: str = "uniqueness",
 ) -> list[int | None]:
     """Greedy de-duplication: for each structure, the index of the first earlier structure it matches (itself if none).
 
@@ -138,7 +139,7 @@ def deduplicate(
     matcher = _matcher(matcher)
     kept: dict[str, list[int]] = {}
     out: list[int | None] = [None] * len(structures)
-    for i, s in enumerate(tqdm(structures, desc="uniqueness", unit="crystal", disable=not progress)):
+    for i, s in enumerate(tqdm(structures, desc=desc, unit="crystal", disable=not progress)):
         if s is None:
             continue
         try:

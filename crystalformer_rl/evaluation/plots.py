@@ -8,8 +8,10 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,23 @@ def _rate_label(column: str) -> str:
     return f"{text} ({rule})" if rule else text
 
 
+def _space_group_symbol(number: int) -> str:
+    """Short Hermann-Mauguin symbol of a space group in its standard setting (``P2₁/c``), else the number."""
+    return _short_symbols().get(int(number), str(number))
+
+
+@lru_cache(maxsize=1)
+def _short_symbols() -> dict[int, str]:
+    import spglib
+
+    subscript = {f"_{d}": chr(0x2080 + d) for d in range(10)}  # screw axes: 2_1 -> 2₁
+    symbols: dict[int, str] = {}
+    for hall in range(1, 531):  # spglib lists each group's standard setting first
+        kind = spglib.get_spacegroup_type(hall)
+        symbols.setdefault(kind.number, re.sub(r"_\d", lambda m: subscript[m.group()], kind.international_short))
+    return symbols
+
+
 def plot_space_group_rates(
     table: pd.DataFrame | Mapping[str, pd.DataFrame],
     path: str | os.PathLike,
@@ -164,21 +183,35 @@ def plot_space_group_rates(
         for column in columns
         if column in frame and frame[column].notna().any()
     ]
-    fig, ax = _figure((max(6, 0.3 * len(groups) * max(1, len(series))), 4))
+    fig, ax = _figure((min(16, max(6, 0.3 * len(groups) * max(1, len(series)))), 4))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))
+    names = list(tables)
     for k, (name, column) in enumerate(series):
         frame = tables[name]
         known = frame[frame["space_group"].notna()]
         rates = dict(zip(known["space_group"].astype(int), known[column].astype(float)))
         heights = [rates.get(g, np.nan) for g in groups]
         label = f"{name}: {_rate_label(column)}" if name else _rate_label(column)
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width=width, label=label)
+        # several models: one colour per model, its rates from light to dark, so that a model's bars read together
+        shades = [c for n, c in series if n == name]
+        if len(tables) > 1:
+            color, alpha = f"C{names.index(name)}", 0.35 + 0.65 * shades.index(column) / max(1, len(shades) - 1)
+        else:
+            color, alpha = f"C{k}", 1.0
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width=width, label=label, color=color, alpha=alpha)
     per_table = [
         {int(k): int(v) for k, v in zip(f["space_group"].dropna(), f.loc[f["space_group"].notna(), "n"])}
         for f in tables.values()
     ]
-    ax.set_xticks(x, [f"{g} (n={'/'.join(str(t.get(g, 0)) for t in per_table)})" for g in groups], rotation=90)
+    sizes = {t.get(g, 0) for t in per_table for g in groups}
+    if len(sizes) == 1:  # the same count everywhere (samples drawn per group): say it once
+        ticks = [f"{_space_group_symbol(g)}\n{g}" for g in groups]
+        ax.set_xticks(x, ticks, fontsize=8)
+        ax.text(0.99, 0.98, f"{sizes.pop()} samples per group and model", transform=ax.transAxes, ha="right", va="top")
+    else:
+        ticks = [f"{_space_group_symbol(g)} {g} (n={'/'.join(str(t.get(g, 0)) for t in per_table)})" for g in groups]
+        ax.set_xticks(x, ticks, rotation=90)
     ax.set_xlabel("space group")
     ax.set_ylabel("fraction of the group's samples")
     if title:

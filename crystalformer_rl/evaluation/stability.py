@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
@@ -123,7 +124,9 @@ def _as_value(item: Any) -> tuple[float | None, str | None]:
     """A float and no reason, or ``None`` and why (``None`` items, ``Failure`` objects, NaN/inf)."""
     if item is None:
         return None, "not scored (no reason given)"
-    if isinstance(item, (int, float)) and not isinstance(item, bool):
+    if isinstance(item, (int, float, np.integer, np.floating, np.ndarray)) and np.ndim(item) == 0:
+        if isinstance(item, bool) or np.asarray(item).dtype.kind not in "iuf":
+            return None, f"not a number ({item!r})"
         value = float(item)
         return (value, None) if math.isfinite(value) else (None, f"non-finite value ({value})")
     reason = getattr(item, "reason", None)
@@ -188,18 +191,21 @@ def relax_structures(
 
     A batched ``relax_fn`` (the default, see :func:`default_relax_fn`) gets ``chunk_size`` structures at a time
     and reports each as it finishes; any other ``relax_fn`` gets one structure at a time, so that a relaxation
-    that blows up costs only its own row. Either way a failure is that row's reason, never the run's.
-    ``primitive`` relaxes each crystal's primitive cell (:func:`primitive_cell`), as the reference's
+    that blows up costs only its own row. Either way a failure is that row's reason, never the run's. A collapsed
+    cell (:func:`~crystalformer_rl.evaluation.matching.unmatchable_reason`) is not relaxed: its neighbour list
+    would span millions of periodic images. ``primitive`` relaxes each crystal's primitive cell (:func:`primitive_cell`), as the reference's
     ``mlff_relax.py`` can; the energy is then that of the primitive cell (the same per atom).
     """
     relax_fn = relax_fn or default_relax_fn(fmax=fmax, steps=steps)
     relaxed: list[Structure | None] = [None] * len(structures)
     energies: list[float | None] = [None] * len(structures)
     reasons: list[str | None] = [None] * len(structures)
-    todo = [i for i, s in enumerate(structures) if s is not None]
     for i, s in enumerate(structures):
         if s is None:
             reasons[i] = "no structure"
+        elif (why := unmatchable_reason(s)) is not None:  # a collapsed cell would hang CHGNet's neighbour search
+            reasons[i] = f"not relaxed: {why}"
+    todo = [i for i, s in enumerate(structures) if s is not None and reasons[i] is None]
     if primitive:
         structures = [s if s is None else primitive_cell(s) for s in structures]
     batched = getattr(relax_fn, "batched", False)
@@ -222,7 +228,7 @@ def relax_structures(
                 relaxed[i], energies[i], reasons[i] = _relaxation_outcome(result)
     finally:
         bar.close()
-    n_failed = sum(relaxed[i] is None for i in todo)
+    n_failed = sum(relaxed[i] is None for i, s in enumerate(structures) if s is not None)
     if n_failed:
         logger.warning("relaxation: %d/%d structures not relaxed", n_failed, len(structures))
     return relaxed, energies, reasons

@@ -204,6 +204,17 @@ class CrystalReward(ABC):
         """Map the physical value to the quantity RL maximises."""
         return float(value)
 
+    def reward_of(self, value: float) -> float | None:
+        """The reward this callable gives TRL for a scored value: :meth:`to_reward`, clipped to
+        ``reward_clip_range``; ``failure_reward`` when it is not finite. Rewards that combine others (S.U.N.-aware,
+        weighted sums) use it too, so a child's clip holds inside them."""
+        r = float(self.to_reward(value))
+        if not math.isfinite(r):
+            return self.failure_reward
+        if self.reward_clip_range is not None:
+            r = min(max(r, self.reward_clip_range[0]), self.reward_clip_range[1])
+        return r
+
     def batch_size(self) -> int:
         """How many structures :meth:`_compute_batch` gets at once."""
         return 64
@@ -312,14 +323,10 @@ class CrystalReward(ABC):
                 rewards.append(self.failure_reward)
                 continue
             try:
-                r = self.to_reward(v)
+                r = self.reward_of(v)
             except Exception as exc:  # a combination can fail on one value; never on the whole batch
                 logger.warning("%s: reward transform failed: %s", self.name, exc)
                 r = None
-            if r is not None and not math.isfinite(r):
-                r = self.failure_reward
-            elif r is not None and self.reward_clip_range is not None:
-                r = min(max(r, self.reward_clip_range[0]), self.reward_clip_range[1])
             rewards.append(r)
         self._log_to_trainer(values, kwargs)
         return rewards

@@ -24,6 +24,11 @@ from .properties import BandGapReward, DielectricReward
 __all__ = ["FigureOfMeritReward", "ProductReward", "StabilityReward", "ThresholdReward", "WeightedSumReward"]
 
 
+def _reward_or_failure(child: CrystalReward, value: float) -> float | Failure:
+    r = child.reward_of(value)
+    return Failure(f"{child.name}: reward not finite") if r is None else r
+
+
 class _Composite(CrystalReward):
     """Shared plumbing: evaluate children on the same structures, combine their values."""
 
@@ -42,8 +47,8 @@ class _Composite(CrystalReward):
         cols = []
         for child in self.children:
             vals = child.compute_with_reasons(structures)
-            if self.use_rewards:
-                vals = [v if isinstance(v, Failure) else child.to_reward(v) for v in vals]
+            if self.use_rewards:  # as the child alone would score them: its own clip holds
+                vals = [v if isinstance(v, Failure) else _reward_or_failure(child, v) for v in vals]
             cols.append(vals)
         return cols
 

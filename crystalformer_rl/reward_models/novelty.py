@@ -599,7 +599,10 @@ class SUNReward(CrystalReward):
     :class:`EhullReward` child, ``-E_hull`` for a novel, unique crystal, ``-E_hull - known_penalty`` for one of the
     training corpus, ``-E_hull - duplicate_penalty`` for one produced before) or ``reward × factor``
     (``mode="multiplicative"``, for a positive reward such as :class:`FigureOfMeritReward`; never for ``-E_hull``,
-    whose product with a factor < 1 would be a *better* reward). A crystal the child cannot score is ``None``
+    whose product with a factor < 1 would be a *better* reward). ``reward`` is the child's as it alone would give
+    it, its own ``reward_clip_range`` included: with ``ehull_kwargs={"reward_clip_range": (-1, 0)}`` a known
+    crystal below the hull still pays the full penalty, where a clip of the total (the trainer's) would let
+    ``-E_hull > 0`` cancel it. A crystal the child cannot score is ``None``
     (the trainer's ``failure_reward`` applies) and is neither tested nor archived; a failed novelty test is
     neutral (the child's reward as it is). ``compute`` returns the same combined reward.
 
@@ -692,10 +695,13 @@ class SUNReward(CrystalReward):
             if isinstance(v, Failure):
                 out.append(Failure(f"{self.reward.name}: {v.reason}"))
                 continue
-            try:
-                r = float(self.reward.to_reward(v))
+            try:  # the child's reward as it alone would give it, its own clip included
+                r = self.reward.reward_of(v)
             except Exception as exc:
                 out.append(Failure(f"{self.reward.name}: reward transform failed: {exc}"))
+                continue
+            if r is None:
+                out.append(Failure(f"{self.reward.name}: reward not finite"))
                 continue
             term = self.novelty.value(self.last_verdicts[i])
             out.append(r * term if self.novelty.mode == "multiplicative" else r + term)

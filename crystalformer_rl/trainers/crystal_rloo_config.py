@@ -114,7 +114,11 @@ class CrystalRLConfig(RLOOConfig):
         metadata={"help": "Space groups to sample (uniformly); default: the training distribution of the prompts."},
     )
     elements: list[str] | None = field(
-        default=None, metadata={"help": "Restrict every site to these elements (e.g. ['Li', 'Fe', 'P', 'O'])."}
+        default=None,
+        metadata={
+            "help": "Not supported in RL (refused): the PPO ratio and the KL use the model's likelihood over all "
+            "elements, so the policy could lower its KL by moving probability onto elements it never samples."
+        },
     )
     failure_reward: float | None = field(
         default=-10.0,
@@ -158,6 +162,11 @@ class CrystalRLConfig(RLOOConfig):
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
         self.reward_clip_range = parse_clip_range(self.reward_clip_range)
+        if self.elements:
+            raise ValueError(
+                f"elements={self.elements}: element-restricted RL is not supported (the PPO ratio and the KL would "
+                "use the unrestricted likelihood); fine-tune without it and restrict elements when sampling"
+            )
         super().__post_init__()
         self.sampling_options()  # a bad temperature / top_p / element is reported now, not at the first batch
         pin_memory_only_on_cuda(self)
@@ -179,15 +188,22 @@ class CrystalRLConfig(RLOOConfig):
             save_steps = math.ceil(self.max_steps * save_steps)
         micro_steps = self.steps_per_generation * self.num_iterations  # micro-steps per sampled batch
         cycle = micro_steps // math.gcd(micro_steps, self.gradient_accumulation_steps)  # in optimizer steps
+        if self.steps_per_generation == self.gradient_accumulation_steps:
+            need = f"num_iterations={self.num_iterations}"
+        else:
+            need = (
+                f"{cycle} (num_iterations={self.num_iterations} x steps_per_generation={self.steps_per_generation}"
+                f" / gradient_accumulation_steps={self.gradient_accumulation_steps})"
+            )
         if int(save_steps) % cycle:
-            if self.steps_per_generation == self.gradient_accumulation_steps:
-                need = f"num_iterations={self.num_iterations}"
-            else:
-                need = (
-                    f"{cycle} (num_iterations={self.num_iterations} x steps_per_generation={self.steps_per_generation}"
-                    f" / gradient_accumulation_steps={self.gradient_accumulation_steps})"
-                )
             raise ValueError(
                 f"save_steps={save_steps:g} is not a multiple of {need}: a checkpoint between two sampled batches "
                 "cannot be resumed exactly; choose a multiple."
+            )
+        # Trainer also saves at max_steps: a run continued from there (--resume_from_checkpoint last) must resume
+        # on a sampled-batch boundary too
+        if self.max_steps > 0 and self.max_steps % cycle:
+            raise ValueError(
+                f"max_steps={self.max_steps} is not a multiple of {need}: the final checkpoint would fall between "
+                "two sampled batches and could not be resumed exactly; choose a multiple (or --save_strategy no)."
             )

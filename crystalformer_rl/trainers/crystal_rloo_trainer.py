@@ -339,6 +339,9 @@ class CrystalRLOOTrainer(RLOOTrainer):
         metrics["reward_std"].append(used.std().item() if len(used) > 1 else 0.0)
         metrics["kl"].append(kl.mean().item())
         metrics["baseline"].append(float(baseline))
+        # what the baseline tracks: the reward less τ·KL (the paper's), or the reward itself (kl_in_loss)
+        shaped = rewards if self.args.kl_in_loss else rewards - self.beta * kl
+        metrics["reward_shaped"].append(torch.nanmean(shaped).item() if len(used) else float("nan"))
         metrics["scorable_fraction"].append(scorable.float().mean().item())
         for i, name in enumerate(self.reward_func_names):
             metrics[f"rewards/{name}/mean"].append(torch.nanmean(rewards_per_func[:, i]).item())

@@ -57,7 +57,7 @@ class CrystalPretrainConfig(TrainingArguments):
             "allowed axis swap, which may relabel Wyckoff positions; then a random equivalent representative per "
             "site). Same crystals, more descriptions; not in the reference. Validation always uses the tokenizer's "
             "own description. The draws are not checkpointed, so a resumed run sees other descriptions. Measured on "
-            "the default model: worse stability (README)."
+            "the default model: worse stability (docs/results/default_model.md)."
         },
     )
     pad_to_n_max: bool = field(

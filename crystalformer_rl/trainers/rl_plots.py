@@ -18,6 +18,8 @@ def plot_rl_curves(log_history: list[dict], path: str | os.PathLike) -> None:
     std = [h.get("reward_std", 0.0) for h in rows]
     axes[0].plot(steps, reward, label="mean reward")
     axes[0].fill_between(steps, [r - s for r, s in zip(reward, std)], [r + s for r, s in zip(reward, std)], alpha=0.2)
+    if any("reward_shaped" in h for h in rows):  # the baseline tracks reward − τ·KL, not the reward
+        axes[0].plot(steps, [h.get("reward_shaped", float("nan")) for h in rows], ":", label="reward − τ·KL")
     axes[0].plot(steps, [h.get("baseline", float("nan")) for h in rows], "--", label="baseline")
     axes[0].set_ylabel("reward")
     axes[0].legend()
