@@ -216,6 +216,8 @@ def test_element_restricted_rl_is_refused():
     """The sampler masks elements but the likelihood in the PPO ratio and the KL does not: refused, not run wrong."""
     with pytest.raises(ValueError, match="element-restricted RL is not supported"):
         CrystalRLConfig(output_dir="x", use_cpu=True, elements=["Li", "O"])
+    with pytest.raises(ValueError, match="normalize_advantages=True is not supported"):  # TRL's, silently unused
+        CrystalRLConfig(output_dir="x", use_cpu=True, normalize_advantages=True)
 
 
 def test_save_steps_off_the_sampling_cycle_are_refused():

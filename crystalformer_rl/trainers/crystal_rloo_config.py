@@ -162,6 +162,11 @@ class CrystalRLConfig(RLOOConfig):
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
         self.reward_clip_range = parse_clip_range(self.reward_clip_range)
+        if self.normalize_advantages:
+            raise ValueError(
+                "normalize_advantages=True is not supported: the advantages are the paper's (reward - baseline), "
+                "computed by CrystalRLOOTrainer, which TRL's normalisation never sees"
+            )
         if self.elements:
             raise ValueError(
                 f"elements={self.elements}: element-restricted RL is not supported (the PPO ratio and the KL would "
