@@ -178,7 +178,7 @@ def test_sample_with_sampling_options_equals_the_keyword_call():
 def test_rl_config_sampling_options(tmp_path):
     from crystalformer_rl.trainers import CrystalRLConfig
 
-    config = CrystalRLConfig(output_dir=str(tmp_path), use_cpu=True, temperature=0.7, top_p=0.9, elements=["Li"])
-    assert config.sampling_options() == SamplingOptions(temperature=0.7, top_p=0.9, elements=["Li"])
+    config = CrystalRLConfig(output_dir=str(tmp_path), use_cpu=True, temperature=0.7, top_p=0.9)
+    assert config.sampling_options() == SamplingOptions(temperature=0.7, top_p=0.9)
     with pytest.raises(ValueError, match="top_p"):
         CrystalRLConfig(output_dir=str(tmp_path), use_cpu=True, top_p=0)
