@@ -193,8 +193,9 @@ def relax_structures(
     and reports each as it finishes; any other ``relax_fn`` gets one structure at a time, so that a relaxation
     that blows up costs only its own row. Either way a failure is that row's reason, never the run's. A collapsed
     cell (:func:`~crystalformer_rl.evaluation.matching.unmatchable_reason`) is not relaxed: its neighbour list
-    would span millions of periodic images. ``primitive`` relaxes each crystal's primitive cell (:func:`primitive_cell`), as the reference's
-    ``mlff_relax.py`` can; the energy is then that of the primitive cell (the same per atom).
+    would span millions of periodic images. ``primitive`` relaxes each crystal's primitive cell
+    (:func:`primitive_cell`), as the reference's ``mlff_relax.py`` can; the energy is then that of the primitive
+    cell (the same per atom).
     """
     relax_fn = relax_fn or default_relax_fn(fmax=fmax, steps=steps)
     relaxed: list[Structure | None] = [None] * len(structures)
