@@ -255,7 +255,9 @@ class CrystalRLOOTrainer(RLOOTrainer):
         process_slice = slice(
             self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
         )
-        self._log_rollout(mode, rewards, rewards_per_func, kl, baseline, scorable, tokens, sampling_s, scoring_s)
+        self._log_rollout(
+            mode, rewards, shaped, rewards_per_func, kl, baseline, scorable, tokens, sampling_s, scoring_s
+        )
         if self.args.log_crystal_metrics:
             self._log_crystal_metrics(mode, completions)
         self._flush_reward_logs(mode, len(prompts))
@@ -330,7 +332,9 @@ class CrystalRLOOTrainer(RLOOTrainer):
         advantages = torch.where(counted, advantages, torch.zeros_like(advantages))
         return torch.nan_to_num(advantages, nan=0.0), baseline
 
-    def _log_rollout(self, mode, rewards, rewards_per_func, kl, baseline, scorable, tokens, sampling_s, scoring_s):
+    def _log_rollout(
+        self, mode, rewards, shaped, rewards_per_func, kl, baseline, scorable, tokens, sampling_s, scoring_s
+    ):
         """Global (gathered) statistics of one sampled batch. ``reward`` is the mean of the reward optimised (failures
         scored as ``failure_reward``, clipped); ``rewards/<name>/mean`` the mean over the crystals ``name`` scored."""
         metrics = self._metrics[mode]
@@ -340,7 +344,6 @@ class CrystalRLOOTrainer(RLOOTrainer):
         metrics["kl"].append(kl.mean().item())
         metrics["baseline"].append(float(baseline))
         # what the baseline tracks: the reward less τ·KL (the paper's), or the reward itself (kl_in_loss)
-        shaped = rewards if self.args.kl_in_loss else rewards - self.beta * kl
         metrics["reward_shaped"].append(torch.nanmean(shaped).item() if len(used) else float("nan"))
         metrics["scorable_fraction"].append(scorable.float().mean().item())
         for i, name in enumerate(self.reward_func_names):
