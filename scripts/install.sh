@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Install crystalformer-rl with everything its tests need, without letting pip swap torch for another build.
-#   bash scripts/install.sh            # CPU machine: torch 2.13.0 CPU wheel, then the package
-#   CUDA=1 bash scripts/install.sh     # CUDA machine: PyPI's default (CUDA) torch build, then the package
+#   bash scripts/install.sh            # torch 2.13.0 from the configured index (PyPI's Linux wheel is the CUDA build), then the package
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/install.sh   # force PyTorch's CPU index
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -431,6 +431,18 @@ def test_matgl_potential_batched_matches_ase():
     assert model.energy_scale == "gga"
 
 
+def test_loading_chgnet_keeps_stdout_clean_for_json_printing_benchmarks(capsys):
+    """CHGNet prints its parameter count and device; benchmarks print JSON on stdout, so that goes to stderr."""
+    from crystalformer_rl.reward_models.energy import CHGNetEnergyModel, _load_chgnet
+
+    model = _load_chgnet.__wrapped__("r2scan", "cpu")  # uncached: the load itself must not print to stdout
+    CHGNetEnergyModel("r2scan").ase_calculator()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "initialized" in captured.err
+    assert model.version == "r2scan"
+
+
 # ----------------------------------------------------------------------------------------------- default E_hull (CHGNet)
 def test_default_ehull_on_known_stable_crystals(ehull):
     values = ehull.compute([rocksalt(), silicon(), bcc_fe()])

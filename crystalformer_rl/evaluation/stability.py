@@ -11,8 +11,10 @@ fakes; a run can inject any model. Every failure is kept as a reason string, nev
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,7 +114,8 @@ class _CHGNetRelaxer:
     def __init__(self) -> None:
         from chgnet.model import StructOptimizer
 
-        self._opt = StructOptimizer(optimizer_class="FIRE", use_device="cpu")
+        with contextlib.redirect_stdout(sys.stderr):  # CHGNet's load messages
+            self._opt = StructOptimizer(optimizer_class="FIRE", use_device="cpu")
 
     def relax(self, structure: Structure, fmax: float = 0.1, steps: int = 500) -> tuple[Structure, float]:
         result = self._opt.relax(structure, fmax=fmax, steps=steps, ase_filter="FrechetCellFilter", verbose=False)

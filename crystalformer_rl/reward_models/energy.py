@@ -23,8 +23,10 @@ samples on its own GPU.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -300,7 +302,8 @@ def _load_chgnet(model_name: str, device: str) -> Any:
         from chgnet.model import CHGNet
     except ImportError as exc:  # pragma: no cover - chgnet is part of the "rewards" extra
         raise ModelUnavailableError("CHGNet is not installed: pip install 'crystalformer-rl[chgnet]'") from exc
-    with warnings.catch_warnings():
+    # CHGNet prints its parameter count; stderr keeps the stdout of JSON-printing benchmarks parseable.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         model = CHGNet.load(model_name=model_name, use_device=device, verbose=False)
     model.eval()
@@ -360,7 +363,8 @@ class CHGNetEnergyModel(EnergyModel):
     def ase_calculator(self) -> Any:
         from chgnet.model.dynamics import CHGNetCalculator
 
-        return CHGNetCalculator(model=self.model, use_device=str(self.device))
+        with contextlib.redirect_stdout(sys.stderr):  # "CHGNet will run on cpu"
+            return CHGNetCalculator(model=self.model, use_device=str(self.device))
 
     def predict_efs(self, structures: Sequence[Structure]) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """Batched energies (eV), forces (eV/Å) and stresses (eV/Å^3), as `CHGNetCalculator` reports them.
