@@ -216,7 +216,11 @@ def test_element_restricted_rl_is_refused():
     """The sampler masks elements but the likelihood in the PPO ratio and the KL does not: refused, not run wrong."""
     with pytest.raises(ValueError, match="element-restricted RL is not supported"):
         CrystalRLConfig(output_dir="x", use_cpu=True, elements=["Li", "O"])
-    with pytest.raises(ValueError, match="normalize_advantages=True is not supported"):  # TRL's, silently unused
+
+
+def test_trl_advantage_normalisation_is_refused():
+    """TRL normalises the advantages it computes; the trainer computes its own, so the flag would be silently unused."""
+    with pytest.raises(ValueError, match="normalize_advantages=True is not supported"):
         CrystalRLConfig(output_dir="x", use_cpu=True, normalize_advantages=True)
 
 
