@@ -35,10 +35,12 @@ EXTRAS = {
     "mace": ["mace-torch>=0.3"],
     "mattersim": ["mattersim>=1.2"],
     "deepspeed": ["deepspeed>=0.16"],
+    # The MP-20 benchmark's coverage features (CrystalNN fingerprints, magpie composition features).
+    "benchmark": ["matminer>=0.10"],
     "test": ["pytest>=8", "ruff>=0.6"],
 }
 EXTRAS["rewards"] = EXTRAS["chgnet"] + EXTRAS["matgl"]
-EXTRAS["dev"] = EXTRAS["rewards"] + EXTRAS["sevenn"] + EXTRAS["test"]
+EXTRAS["dev"] = EXTRAS["rewards"] + EXTRAS["sevenn"] + EXTRAS["benchmark"] + EXTRAS["test"]
 
 setup(
     name="crystalformer-rl",

@@ -42,6 +42,10 @@ from crystalformer_rl.utils import atomic_write_text
 # Candidate sizes and their peak learning rates (wider models take a smaller one).
 CANDIDATES = {
     "xs": ({"num_layers": 2, "num_heads": 4, "key_size": 16, "model_size": 64, "embed_size": 32, "h0_size": 64}, 2e-3),
+    "xsm": (
+        {"num_layers": 3, "num_heads": 4, "key_size": 24, "model_size": 64, "embed_size": 32, "h0_size": 96},
+        2e-3,
+    ),
     "s": ({"num_layers": 4, "num_heads": 4, "key_size": 32, "model_size": 64, "embed_size": 32, "h0_size": 128}, 2e-3),
     "m": (
         {"num_layers": 4, "num_heads": 8, "key_size": 32, "model_size": 128, "embed_size": 32, "h0_size": 256},
@@ -161,12 +165,16 @@ def main():
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     parser.add_argument("--continue-minutes", type=float, default=0, help="warm restart after the main phase")
     parser.add_argument("--continue-lr", type=float, default=None, help="its peak lr (default: half the main one)")
+    parser.add_argument("--sweep-only", action="store_true", help="stop after the sweep (e.g. to run candidates in parallel)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train_ds = load_dataset("parquet", data_files=f"{args.corpus}/train.parquet", split="train")
     valid_ds = load_dataset("parquet", data_files=f"{args.corpus}/validation.parquet", split="train")
-    train_ds, valid_ds = (d.remove_columns(["cif", "id", "source"]) for d in (train_ds, valid_ds))
+    train_ds, valid_ds = (d.select_columns(["G", "W", "A", "XYZ", "L", "num_sites", "num_atoms"]) for d in (train_ds, valid_ds))
     plan_file, sweep_file = work / "plan.json", work / "sweep.json"
     plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
     sweep = json.loads(sweep_file.read_text()) if sweep_file.exists() else {}
@@ -192,6 +200,8 @@ def main():
         print(json.dumps({name: sweep[name]}), flush=True)
     best = min(sweep, key=lambda n: sweep[n]["eval_loss"])
     print(f"best size: {best}", flush=True)
+    if args.sweep_only:
+        return
 
     config, lr = CANDIDATES[best]
     phases = [("sweep", f"sweep-{best}", sweep[best]["seconds"])]

@@ -1,0 +1,300 @@
+"""The MP-20 generation benchmark: CDVAE's metrics, as every MP-20 table reports them.
+
+For generated crystals against the 9,046 crystals of MP-20's test split (Xie et al., ICLR 2022, ``compute_metrics``):
+
+* **validity** over *all* samples: structural (every interatomic distance ≥ 0.5 Å, volume ≥ 0.1 Å^3) and
+  compositional (SMACT charge neutrality + Pauling test); a crystal that fails to build is invalid on both;
+* **coverage**: each crystal is described by the mean CrystalNN "ops" site fingerprint of its sites (61 numbers)
+  and matminer's magpie ``ElementProperty`` features of its composition (132 numbers, scaled by CDVAE's fixed means
+  and standard deviations, NaN → 0). COV-R is the share of test crystals with a generated crystal within 0.4
+  (structure) and, separately, within 10 (composition); COV-P the share of generated crystals within the same
+  cutoffs of a test crystal, divided by the number of generated crystals (those whose fingerprint fails count in
+  the denominator only);
+* **Wasserstein distances** of the density and of the number of elements between 1,000 valid samples (drawn with
+  a seed) and the whole test split.
+
+w(E) (formation energy by CDVAE's own property model) is left out: that model is a CDVAE checkpoint this package
+cannot load, and no other formation-energy model reproduces its numbers.
+
+The test split's features are computed once (``scripts/build_mp20_benchmark.py``) and shipped in
+``crystalformer_rl/data/benchmarks`` with attribution; generated crystals are featurized on every core, in
+chunks written as they finish, so a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from pymatgen.core import Composition, Structure
+from tqdm.auto import tqdm
+
+from ..utils import atomic_write_text, atomic_write_with
+from .validity import composition_validity, structure_validity
+
+
+BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
+MP20_TEST_FEATURES = BENCHMARK_DIR / "mp20_test_features.npz"
+COMPOSITION_SCALER = BENCHMARK_DIR / "cdvae_composition_scaler.json"
+
+#: CDVAE's coverage cutoffs for MP-20 (``COV_Cutoffs["mp20"]``)
+STRUCTURE_CUTOFF = 0.4
+COMPOSITION_CUTOFF = 10.0
+STRUCTURE_FP_SIZE, COMPOSITION_FP_SIZE = 61, 132
+
+
+@dataclass
+class CrystalFeatures:
+    """What the benchmark needs of a set of crystals, one row per crystal (NaN rows where a fingerprint failed)."""
+
+    struct_valid: np.ndarray  # bool (n,)
+    comp_valid: np.ndarray  # bool (n,)
+    structure_fp: np.ndarray  # float (n, 61); NaN rows: no fingerprint
+    composition_fp: np.ndarray  # float (n, 132), unscaled magpie features; NaN rows: no fingerprint
+    density: np.ndarray  # float (n,); NaN: no structure
+    n_elements: np.ndarray  # int (n,); 0: no structure
+
+    def __len__(self) -> int:
+        return len(self.struct_valid)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """CDVAE's ``valid``: both validities and a fingerprint."""
+        return self.struct_valid & self.comp_valid & self.has_fingerprint
+
+    @property
+    def has_fingerprint(self) -> np.ndarray:
+        return ~np.isnan(self.structure_fp).any(axis=1)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[CrystalFeatures]) -> CrystalFeatures:
+        return cls(**{k: np.concatenate([asdict(p)[k] for p in parts]) for k in asdict(parts[0])})
+
+    def save(self, path: str | os.PathLike, **extra) -> Path:
+        return atomic_write_with(lambda tmp: _savez(tmp, **asdict(self), **extra), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CrystalFeatures:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def _savez(path: Path, **arrays) -> None:
+    with open(path, "wb") as handle:  # a file object: np.savez would append ".npz" to the temporary name
+        np.savez_compressed(handle, **arrays)
+
+
+# ----------------------------------------------------------------------------------------------- featurizing
+_FEATURIZERS = None
+
+
+def _featurizers():
+    global _FEATURIZERS
+    if _FEATURIZERS is None:
+        from matminer.featurizers.composition.composite import ElementProperty
+        from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
+
+        # impute_nan=False: the features of the matminer CDVAE used (NaN, replaced by 0 after scaling)
+        _FEATURIZERS = (
+            CrystalNNFingerprint.from_preset("ops"),
+            ElementProperty.from_preset("magpie", impute_nan=False),
+        )
+    return _FEATURIZERS
+
+
+def crystal_features(structure: Structure | None) -> dict:
+    """One crystal's validity and fingerprints, as CDVAE's ``Crystal`` computes them."""
+    nan_row = {
+        "struct_valid": False,
+        "comp_valid": False,
+        "structure_fp": np.full(STRUCTURE_FP_SIZE, np.nan),
+        "composition_fp": np.full(COMPOSITION_FP_SIZE, np.nan),
+        "density": np.nan,
+        "n_elements": 0,
+    }
+    if structure is None:
+        return nan_row
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            composition = Composition(structure.composition.element_composition)
+            row = {
+                "struct_valid": structure_validity(structure),
+                "comp_valid": composition_validity(composition),
+                "structure_fp": nan_row["structure_fp"],
+                "composition_fp": nan_row["composition_fp"],
+                "density": float(structure.density),
+                "n_elements": len(composition.elements),
+            }
+        except Exception:  # no usable composition or cell: counts as an invalid crystal
+            return nan_row
+        site_fp, composition_fp = _featurizers()
+        try:
+            row["structure_fp"] = np.mean([site_fp.featurize(structure, i) for i in range(len(structure))], axis=0)
+            row["composition_fp"] = np.asarray(composition_fp.featurize(composition), dtype=float)
+        except Exception:  # CDVAE: a crystal without fingerprint is invalid and has no fingerprints
+            row["struct_valid"] = row["comp_valid"] = False
+            row["structure_fp"], row["composition_fp"] = nan_row["structure_fp"], nan_row["composition_fp"]
+    return row
+
+
+def _features_of(rows: list[dict]) -> CrystalFeatures:
+    return CrystalFeatures(
+        struct_valid=np.array([r["struct_valid"] for r in rows], dtype=bool),
+        comp_valid=np.array([r["comp_valid"] for r in rows], dtype=bool),
+        structure_fp=np.array([r["structure_fp"] for r in rows], dtype=float).reshape(-1, STRUCTURE_FP_SIZE),
+        composition_fp=np.array([r["composition_fp"] for r in rows], dtype=float).reshape(-1, COMPOSITION_FP_SIZE),
+        density=np.array([r["density"] for r in rows], dtype=float),
+        n_elements=np.array([r["n_elements"] for r in rows], dtype=int),
+    )
+
+
+def _features_of_cif(cif: str | None) -> dict:
+    if cif is None:
+        return crystal_features(None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_str(cif, fmt="cif")
+    except Exception:
+        structure = None
+    return crystal_features(structure)
+
+
+def featurize(
+    crystals: Sequence[Structure | str | None],
+    num_proc: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    chunk_size: int = 500,
+    progress: bool = True,
+) -> CrystalFeatures:
+    """Features of many crystals (Structures, CIF texts, or None for one that did not build), on ``num_proc``
+    processes (default: every core). With ``cache_dir``, each finished chunk is written there and a rerun over the
+    same crystals keeps it."""
+    crystals = [c.to(fmt="cif") if isinstance(c, Structure) else c for c in crystals]
+    num_proc = num_proc or os.cpu_count() or 1
+    cache = Path(cache_dir) if cache_dir else None
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+        _check_cache(cache, len(crystals), chunk_size)
+    parts = []
+    bar = tqdm(total=len(crystals), desc="MP-20 fingerprints", unit="crystal", disable=not progress)
+    pool = mp.get_context("fork").Pool(num_proc) if num_proc > 1 else None
+    try:
+        for start in range(0, len(crystals), chunk_size):
+            chunk = crystals[start : start + chunk_size]
+            file = cache / f"chunk-{start // chunk_size:05d}.npz" if cache else None
+            if file is not None and file.exists():
+                parts.append(CrystalFeatures.load(file))
+            else:
+                rows = pool.map(_features_of_cif, chunk, chunksize=4) if pool else [_features_of_cif(c) for c in chunk]
+                parts.append(_features_of(rows))
+                if file is not None:
+                    parts[-1].save(file)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return CrystalFeatures.concatenate(parts) if parts else _features_of([])
+
+
+def _check_cache(cache: Path, n: int, chunk_size: int) -> None:
+    settings = {"crystals": n, "chunk_size": chunk_size}
+    file = cache / "settings.json"
+    if file.exists() and json.loads(file.read_text()) != settings:
+        raise ValueError(f"{cache} holds fingerprints of another set of crystals ({file}); use another folder")
+    atomic_write_text(json.dumps(settings), file)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def scale_composition(composition_fp: np.ndarray) -> np.ndarray:
+    """CDVAE's ``CompScaler``: fixed means and standard deviations, NaN → 0 after scaling."""
+    scaler = json.loads(COMPOSITION_SCALER.read_text())
+    scaled = (composition_fp - np.asarray(scaler["means"])) / np.asarray(scaler["stds"])
+    return np.where(np.isnan(scaled), 0.0, scaled)
+
+
+def coverage(
+    generated: CrystalFeatures,
+    reference: CrystalFeatures,
+    structure_cutoff: float = STRUCTURE_CUTOFF,
+    composition_cutoff: float = COMPOSITION_CUTOFF,
+    block: int = 2048,
+) -> dict[str, float]:
+    """COV-R and COV-P in CDVAE's sense (``compute_cov``), in blocks so 10,000 × 9,046 distances fit in memory."""
+    from scipy.spatial.distance import cdist
+
+    gen_ok, ref_ok = generated.has_fingerprint, reference.has_fingerprint
+    gen_s, gen_c = generated.structure_fp[gen_ok], scale_composition(generated.composition_fp[gen_ok])
+    ref_s, ref_c = reference.structure_fp[ref_ok], scale_composition(reference.composition_fp[ref_ok])
+    recall_s = np.full(len(ref_s), np.inf)
+    recall_c = np.full(len(ref_s), np.inf)
+    precise = 0
+    for start in range(0, len(gen_s), block):
+        ds = cdist(gen_s[start : start + block], ref_s)
+        dc = cdist(gen_c[start : start + block], ref_c)
+        recall_s = np.minimum(recall_s, ds.min(axis=0, initial=np.inf))
+        recall_c = np.minimum(recall_c, dc.min(axis=0, initial=np.inf))
+        precise += int(((ds.min(axis=1) <= structure_cutoff) & (dc.min(axis=1) <= composition_cutoff)).sum())
+    recall = (recall_s <= structure_cutoff) & (recall_c <= composition_cutoff)
+    return {
+        "cov_recall": float(recall.mean()) if len(recall) else float("nan"),
+        "cov_precision": precise / len(generated) if len(generated) else float("nan"),
+    }
+
+
+def wasserstein_distances(
+    generated: CrystalFeatures, reference: CrystalFeatures, n_samples: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """w(ρ) and w(#elem) between ``n_samples`` valid generated crystals (a seeded draw) and every reference
+    crystal, as CDVAE's ``GenEval``. Fewer valid crystals than ``n_samples`` is an error, as there."""
+    from scipy.stats import wasserstein_distance
+
+    valid = np.flatnonzero(generated.valid)
+    if len(valid) < n_samples:
+        raise ValueError(f"only {len(valid)} valid crystals; the Wasserstein distances need {n_samples}")
+    pick = np.random.default_rng(seed).choice(valid, n_samples, replace=False)
+    built = ~np.isnan(reference.density)
+    return {
+        "wdist_density": float(wasserstein_distance(generated.density[pick], reference.density[built])),
+        "wdist_num_elems": float(wasserstein_distance(generated.n_elements[pick], reference.n_elements[built])),
+    }
+
+
+def benchmark_metrics(
+    generated: CrystalFeatures,
+    reference: CrystalFeatures | None = None,
+    n_wasserstein: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The MP-20 table's columns (as percentages where the table prints them) for ``generated``."""
+    reference = reference if reference is not None else load_mp20_test_features()
+    metrics = {
+        "samples": len(generated),
+        "reference_crystals": len(reference),
+        "struct_valid": 100 * float(generated.struct_valid.mean()),
+        "comp_valid": 100 * float(generated.comp_valid.mean()),
+        "valid": 100 * float(generated.valid.mean()),
+    }
+    metrics.update({k: 100 * v for k, v in coverage(generated, reference).items()})
+    if generated.valid.sum() >= n_wasserstein:
+        metrics.update(wasserstein_distances(generated, reference, n_wasserstein, seed))
+    else:
+        metrics.update({"wdist_density": None, "wdist_num_elems": None})
+    metrics["wasserstein_samples"] = n_wasserstein
+    return metrics
+
+
+def load_mp20_test_features(path: str | os.PathLike = MP20_TEST_FEATURES) -> CrystalFeatures:
+    """The shipped features of MP-20's test split (``scripts/build_mp20_benchmark.py``)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: the MP-20 test features are missing; run scripts/build_mp20_benchmark.py")
+    return CrystalFeatures.load(path)
