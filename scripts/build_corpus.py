@@ -26,17 +26,13 @@ by the same repository (see docs/corpus.md).
 import argparse
 import hashlib
 import json
-import multiprocessing as mp
-import warnings
 from pathlib import Path
 
 import pandas as pd
-from pymatgen.analysis.structure_matcher import StructureMatcher
-from pymatgen.core import Structure
-from tqdm.auto import tqdm
 
 from crystalformer_rl.data import DEFAULT_CORPUS_DIR, load_prepared, prepare_data
-from crystalformer_rl.tokenization import CrystalTokenizer
+from crystalformer_rl.data.hygiene import matching_test_ids
+from crystalformer_rl.tokenization import CrystalTokenizer, CrystalTokens
 from crystalformer_rl.utils import atomic_write_table, atomic_write_text, atomic_write_with
 
 
@@ -67,52 +63,17 @@ def read_sources(shared: Path, aflow: bool) -> pd.DataFrame:
     if aflow:
         frame = pd.read_csv(shared / "data" / AFLOW[1])
         frames.append(
-            pd.DataFrame({"material_id": "aflow-" + frame.idx.astype(str), "cif": frame.cif, "source_ehull": float("nan")})
+            pd.DataFrame(
+                {"material_id": "aflow-" + frame.idx.astype(str), "cif": frame.cif, "source_ehull": float("nan")}
+            )
         )
         frames[-1]["source"] = AFLOW[0]
     return pd.concat(frames, ignore_index=True)
 
 
-def _formula(cif: str) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Structure.from_str(cif, fmt="cif").composition.reduced_formula
-
-
-_TEST_BY_FORMULA: dict[str, list[tuple[str, str]]] = {}
-
-
-def _init_matcher(test_by_formula):
-    global _TEST_BY_FORMULA
-    _TEST_BY_FORMULA = test_by_formula
-
-
-def _matching_test_id(job: tuple[str, str]) -> str | None:
-    """The id of an MP-20 test crystal this row's structure matches (same reduced formula), or None."""
-    formula, cif = job
-    candidates = _TEST_BY_FORMULA.get(formula)
-    if not candidates:
-        return None
-    matcher = StructureMatcher()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        structure = Structure.from_str(cif, fmt="cif")
-        for test_id, test_cif in candidates:
-            if matcher.fit(structure, Structure.from_str(test_cif, fmt="cif")):
-                return test_id
-    return None
-
-
-def structure_matches_to_test(rows: pd.DataFrame, test: pd.DataFrame, num_proc: int) -> list[str | None]:
-    test_by_formula: dict[str, list[tuple[str, str]]] = {}
-    for test_id, formula, cif in zip(test.material_id, test.reduced_formula, test.cif):
-        test_by_formula.setdefault(formula, []).append((test_id, cif))
-    with mp.Pool(num_proc, initializer=_init_matcher, initargs=(test_by_formula,)) as pool:
-        formulas = list(tqdm(pool.imap(_formula, rows.cif, chunksize=64), total=len(rows), desc="formulas"))
-        jobs = list(zip(formulas, rows.cif))
-        return list(
-            tqdm(pool.imap(_matching_test_id, jobs, chunksize=16), total=len(jobs), desc="matching MP-20 test")
-        )
+def tokens_to_cif(row: dict) -> str:
+    row["XYZ"] = [list(xyz) for xyz in row["XYZ"]]
+    return CrystalTokens.from_dict(row).to_structure().to(fmt="cif")
 
 
 def main():
@@ -129,7 +90,7 @@ def main():
 
     raw = read_sources(shared, args.aflow)
     rows_per_source = raw.source.value_counts().to_dict()
-    test = pd.read_csv(shared / "data" / MP20_TEST, usecols=["material_id", "reduced_formula", "cif"])
+    test = pd.read_csv(shared / "data" / MP20_TEST, usecols=["material_id", "cif"])
     steps = {}
 
     by_id = raw.material_id.isin(set(test.material_id))
@@ -150,7 +111,7 @@ def main():
         matched = pd.read_csv(matches_file).set_index("material_id").matched_test_id.reindex(rows.material_id)
         rows["matched_test_id"] = matched.values
     else:
-        rows["matched_test_id"] = structure_matches_to_test(rows, test, args.num_proc)
+        rows["matched_test_id"] = matching_test_ids(rows.cif, test.material_id, test.cif, num_proc=args.num_proc)
         atomic_write_table(rows[["material_id", "matched_test_id"]], matches_file)
     by_structure = rows.matched_test_id.notna()
     steps["removed_mp20_test_structure"] = rows[by_structure].source.value_counts().to_dict()
@@ -166,6 +127,19 @@ def main():
     tokens = tokens.merge(rows[["material_id", "source", "ehull"]], left_on="id", right_on="material_id").drop(
         columns="material_id"
     )
+    # What the model trains on is the symmetrised encoding: a slightly distorted copy of a test crystal (SrTiO3
+    # tetragonal vs cubic) can match only after encoding, so the encoded crystals are checked as well.
+    encoded_file = out / "mp20_test_matches_encoded.csv"
+    if encoded_file.exists():
+        encoded = pd.read_csv(encoded_file).set_index("id").matched_test_id.reindex(tokens.id)
+        tokens["matched_test_id"] = encoded.values
+    else:
+        decoded = [tokens_to_cif(row) for row in tokens[["G", "W", "A", "XYZ", "L"]].to_dict("records")]
+        tokens["matched_test_id"] = matching_test_ids(decoded, test.material_id, test.cif, num_proc=args.num_proc)
+        atomic_write_table(tokens[["id", "matched_test_id"]], encoded_file)
+    after_encoding = tokens.matched_test_id.notna()
+    steps["removed_mp20_test_structure_after_encoding"] = tokens[after_encoding].source.value_counts().to_dict()
+    tokens = tokens[~after_encoding].drop(columns="matched_test_id").reset_index(drop=True)
     # AFLOW rows (--aflow) only ever train: validation measures MP crystals, the same with or without them
     valid = tokens.id.map(lambda m: in_validation(m, args.valid_fraction)) & (tokens.source != AFLOW[0])
     tokens[~valid].to_parquet(out / "train.parquet", index=False)
@@ -179,6 +153,7 @@ def main():
         **steps,
         "kept_before_tokenization": len(rows),
         "encoded": summary["encoded"],
+        "kept_after_encoding": len(tokens),
         "rejected": summary["failed"],
         "rejected_by_reason": summary["failure_reasons"],
         "rejected_by_source": failures.source.value_counts().to_dict(),

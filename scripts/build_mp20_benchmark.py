@@ -32,7 +32,9 @@ def main():
     parser.add_argument("--cache", default=None, help="default: data/mp20_features/<split>-chunks")
     parser.add_argument("--num-proc", type=int, default=None)
     args = parser.parse_args()
-    output = Path(args.output or (MP20_TEST_FEATURES if args.split == "test" else f"data/mp20_features/{args.split}.npz"))
+    output = Path(
+        args.output or (MP20_TEST_FEATURES if args.split == "test" else f"data/mp20_features/{args.split}.npz")
+    )
     frame = pd.read_csv(Path(args.shared) / "data" / "mp20" / f"{args.split}.csv.gz", usecols=["material_id", "cif"])
     features = featurize(
         list(frame.cif), num_proc=args.num_proc, cache_dir=args.cache or f"data/mp20_features/{args.split}-chunks"

@@ -1,9 +1,10 @@
 """Build the novelty reference shipped with the package from this project's training corpus.
 
-    python scripts/build_reference_corpus.py                       # data/corpus/train.parquet -> the package
+    python scripts/build_reference_corpus.py --output crystalformer_rl/data/reference/mp_corpus_test_safe.csv.gz
     python scripts/build_reference_corpus.py --check 500           # also re-decode 500 rows against their CIFs
 
-Writes ``crystalformer_rl/data/reference/mp_corpus_train.csv.gz``: one row per training crystal with ``id``
+Reads data/corpus/train.parquet and validation.parquet (novelty is measured against train + val, as the MP-20
+table does) and writes one row per crystal with ``id``
 (the Materials Project id), ``reduced_formula`` and the CrystalFormer token string (6 decimals). A few MB instead
 of the corpus's CIFs, and indexing it parses nothing: ``evaluate`` decodes only the structures whose formula a
 sample shares. The output is byte-reproducible (sorted by id, gzip without a timestamp).
@@ -23,7 +24,7 @@ import pandas as pd
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
-from crystalformer_rl.data import DEFAULT_TRAIN_DATA
+from crystalformer_rl.data import DEFAULT_TRAIN_DATA, DEFAULT_VALIDATION_DATA
 from crystalformer_rl.evaluation.matching import reference_table, write_reference_table
 from crystalformer_rl.pretrained import SHIPPED_REFERENCE
 from crystalformer_rl.tokenization import CrystalTokens
@@ -49,13 +50,19 @@ def check_roundtrip(corpus: pd.DataFrame, table: pd.DataFrame, n: int, seed: int
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default=DEFAULT_TRAIN_DATA, help="the training split of the corpus")
+    parser.add_argument(
+        "--corpus",
+        nargs="+",
+        default=[DEFAULT_TRAIN_DATA, DEFAULT_VALIDATION_DATA],
+        help="the corpus splits the reference holds (default: train + validation, what the model could have seen)",
+    )
     parser.add_argument("--output", default=str(SHIPPED_REFERENCE))
     parser.add_argument("--check", type=int, default=200, help="rows to re-decode against their CIFs (0: none)")
     args = parser.parse_args()
 
     tic = time.perf_counter()
-    corpus = pd.read_parquet(args.corpus, columns=["id", "G", "W", "A", "XYZ", "L", "cif"])
+    columns = ["id", "G", "W", "A", "XYZ", "L", "cif"]
+    corpus = pd.concat([pd.read_parquet(f, columns=columns) for f in args.corpus], ignore_index=True)
     corpus = corpus.sort_values("id", kind="stable").reset_index(drop=True)
     table = reference_table(corpus[["G", "W", "A", "XYZ", "L"]].to_dict("records"), ids=corpus["id"])
     path = write_reference_table(table, args.output)

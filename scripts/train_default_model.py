@@ -165,7 +165,9 @@ def main():
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     parser.add_argument("--continue-minutes", type=float, default=0, help="warm restart after the main phase")
     parser.add_argument("--continue-lr", type=float, default=None, help="its peak lr (default: half the main one)")
-    parser.add_argument("--sweep-only", action="store_true", help="stop after the sweep (e.g. to run candidates in parallel)")
+    parser.add_argument(
+        "--sweep-only", action="store_true", help="stop after the sweep (e.g. to run candidates in parallel)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
     if args.threads:
@@ -174,7 +176,9 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     train_ds = load_dataset("parquet", data_files=f"{args.corpus}/train.parquet", split="train")
     valid_ds = load_dataset("parquet", data_files=f"{args.corpus}/validation.parquet", split="train")
-    train_ds, valid_ds = (d.select_columns(["G", "W", "A", "XYZ", "L", "num_sites", "num_atoms"]) for d in (train_ds, valid_ds))
+    train_ds, valid_ds = (
+        d.select_columns(["G", "W", "A", "XYZ", "L", "num_sites", "num_atoms"]) for d in (train_ds, valid_ds)
+    )
     plan_file, sweep_file = work / "plan.json", work / "sweep.json"
     plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
     sweep = json.loads(sweep_file.read_text()) if sweep_file.exists() else {}
