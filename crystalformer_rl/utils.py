@@ -45,3 +45,16 @@ HUB_REPO_ID = r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}"
 def is_hub_repo_id(text: str) -> bool:
     """Whether ``text`` has the form of a Hub repository id (says nothing of whether it exists)."""
     return re.fullmatch(HUB_REPO_ID, text) is not None
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub is switched off (``HF_HUB_OFFLINE=1``)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -24,7 +24,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
 from crystalformer_rl.data import DEFAULT_TRAIN_DATA
-from crystalformer_rl.evaluation.matching import reference_table, write_reference_table
+from crystalformer_rl.materials.matching import reference_table, write_reference_table
 from crystalformer_rl.pretrained import SHIPPED_REFERENCE
 from crystalformer_rl.tokenization import CrystalTokens
 

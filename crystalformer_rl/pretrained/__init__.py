@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from ..utils import is_hub_repo_id
+from ..utils import first_line, hub_offline, is_hub_repo_id
 
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("default")
@@ -37,17 +37,6 @@ class ModelNotFoundError(FileNotFoundError):
 
 def _is_default(name_or_path) -> bool:
     return name_or_path is None or str(name_or_path) == "default"
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, **kwargs):
@@ -97,8 +86,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, **kwargs):
     except OSError as exc:  # offline, unknown repository, missing file: all OSError subclasses on the Hub path
         reason = (
             "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache"
-            if _hub_offline()
-            else _first_line(exc)
+            if hub_offline()
+            else first_line(exc)
         )
         raise ModelNotFoundError(f"model {text}: no such folder or file, and {reason}; {hint}") from exc
 

@@ -1,4 +1,4 @@
-"""Reward models for crystal RL: TRL reward callables that also compute physical properties.
+"""Reward models for crystal RL: TRL reward callables, thin layers over the physics of :mod:`crystalformer_rl.materials`.
 
 Every reward is a :class:`CrystalReward`: ``reward(prompts, completions, completion_ids, **kwargs)`` follows
 TRL's reward-function protocol (one float or ``None`` per completion) and ``reward.compute(structures)`` returns
@@ -16,6 +16,22 @@ Example::
 """
 
 from ..devices import DeviceError, resolve_device
+from ..materials.hull import ReferenceHull
+from ..materials.potentials import (
+    ASEEnergyModel,
+    CHGNetEnergyModel,
+    EnergyModel,
+    MACEEnergyModel,
+    MatGLEnergyModel,
+    MatterSimEnergyModel,
+    ModelUnavailableError,
+    OrbEnergyModel,
+    SevenNetEnergyModel,
+    load_energy_model,
+    mp2020_corrected_energies,
+)
+from ..materials.properties import MatGLPropertyModel
+from ..materials.relaxation import RelaxResult, relax_structure
 from .base import (
     CallStats,
     CrystalReward,
@@ -35,24 +51,8 @@ from .combine import (
     WeightedSumReward,
 )
 from .ehull import EhullReward, EnergyScaleMismatchError
-from .energy import (
-    ASEEnergyModel,
-    CHGNetEnergyModel,
-    EnergyModel,
-    MACEEnergyModel,
-    MatGLEnergyModel,
-    MatterSimEnergyModel,
-    ModelUnavailableError,
-    OrbEnergyModel,
-    RelaxResult,
-    SevenNetEnergyModel,
-    load_energy_model,
-    mp2020_corrected_energies,
-    relax_structure,
-)
-from .hull import ReferenceHull
 from .novelty import NoveltyReward, NoveltyVerdict, StructureArchive, SUNReward
-from .properties import BandGapReward, DielectricReward, MatGLPropertyModel
+from .properties import BandGapReward, DielectricReward
 
 
 __all__ = [

@@ -37,6 +37,8 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.utils import logging
 from trl import RLOOTrainer
 
+from ..materials.matching import deduplicate
+from ..materials.validity import check_composition_validity, check_structure_validity
 from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
 from ..tokenization import TOKEN_FIELDS, CrystalTokenizer, CrystalTokens, WyckoffTables
 from ..utils import atomic_write_bytes, atomic_write_text
@@ -362,9 +364,6 @@ class CrystalRLOOTrainer(RLOOTrainer):
         """Validity, uniqueness and single-element share of the global batch, with the definitions of
         ``crystalformer-rl evaluate`` (fractions of all sampled crystals): a stable fraction alone cannot tell
         progress from a collapse onto a few motifs."""
-        from ..evaluation.matching import deduplicate
-        from ..evaluation.validity import check_composition_validity, check_structure_validity
-
         start = time.perf_counter()
         structures, struct_ok, comp_ok, single = [], [], [], []
         for crystal in completions:

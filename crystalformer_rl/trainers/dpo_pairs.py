@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from .. import sampling
+from ..materials.ehull import default_relax_fn
+from ..materials.relaxation import relax_structures
 from ..tokenization import TOKEN_FIELDS, CrystalTokenizationError, CrystalTokenizer, CrystalTokens, is_token_string
 from ..utils import atomic_write_table, atomic_write_text
 
@@ -259,10 +261,9 @@ def build_relaxation_pairs(
     """Samples against their relaxed selves: chosen = relaxed (re-tokenized), rejected = as sampled.
 
     A sample that cannot be decoded or relaxed, or whose relaxed structure cannot be tokenized, is skipped and
-    reported. ``relax_fn`` as :func:`crystalformer_rl.evaluation.stability.relax_structures` takes it.
+    reported. ``relax_fn`` as :func:`crystalformer_rl.materials.relax_structures` takes it (default: the default
+    E_hull potential, :func:`~crystalformer_rl.materials.ehull.default_relax_fn`).
     """
-    from ..evaluation.stability import relax_structures
-
     if crystals is None:
         crystals = sample_crystals(model, space_groups, batch_size=batch_size, seed=seed, **sample_kwargs)
     crystals = list(crystals)
@@ -275,6 +276,7 @@ def build_relaxation_pairs(
             failures.append(
                 {"id": f"sample-{i:06d}", "side": "rejected", "error_type": type(exc).__name__, "error": str(exc)}
             )
+    relax_fn = relax_fn or default_relax_fn(fmax=fmax, steps=steps)
     relaxed, _, reasons = relax_structures(structures, relax_fn=relax_fn, fmax=fmax, steps=steps, progress=False)
     keep = [i for i, s in enumerate(relaxed) if s is not None]
     failures += [
