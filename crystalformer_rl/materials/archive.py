@@ -28,7 +28,6 @@ def composition_key(structure: Structure) -> str:
     return structure.composition.element_composition.reduced_formula
 
 
-
 class _Entry:
     """One archived structure, stored compactly (lattice, species, fractional coordinates: ~1 kB)."""
 

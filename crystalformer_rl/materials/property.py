@@ -44,7 +44,6 @@ class CallStats:
         return self.n / self.seconds if self.seconds > 0 else float("inf")
 
 
-
 class CrystalProperty:
     """A physical value per crystal (E_hull in eV/atom, band gap in eV, ...), computed in cached, isolated batches.
 

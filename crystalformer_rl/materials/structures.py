@@ -25,7 +25,6 @@ class Failure:
         return self.reason
 
 
-
 def structure_fingerprint(structure: Structure, decimals: int = 4) -> str:
     """A cheap, order-independent hash of a structure: identical cells (up to site order) share a cache entry.
 
@@ -42,7 +41,6 @@ def structure_fingerprint(structure: Structure, decimals: int = 4) -> str:
     h.update(lat.tobytes())
     h.update(np.ascontiguousarray(rows).tobytes())
     return h.hexdigest()
-
 
 
 def check_structure(

@@ -34,8 +34,7 @@ from ..utils import atomic_write_table, atomic_write_text
 
 
 SIDES = ("chosen", "rejected")
-TOKEN_KEYS = TOKEN_FIELDS
-PAIR_COLUMNS = tuple(f"{side}_{key}" for side in SIDES for key in TOKEN_KEYS)
+PAIR_COLUMNS = tuple(f"{side}_{key}" for side in SIDES for key in TOKEN_FIELDS)
 FAILURE_COLUMNS = ["id", "side", "error_type", "error"]
 PAIRS_FILE, FAILURES_FILE, SUMMARY_FILE = "pairs.parquet", "pair_failures.csv", "pairs_summary.json"
 
@@ -48,7 +47,7 @@ def as_crystal_tokens(crystal: Any, tokenizer: CrystalTokenizer, name: str | Non
     """Tokens of one crystal in any of the forms the module docstring lists."""
     if isinstance(crystal, CrystalTokens):
         return crystal
-    if isinstance(crystal, Mapping) and all(k in crystal for k in TOKEN_KEYS):
+    if isinstance(crystal, Mapping) and all(k in crystal for k in TOKEN_FIELDS):
         return CrystalTokens.from_dict(crystal, tokenizer.n_max)
     if crystal is None or (isinstance(crystal, float) and math.isnan(crystal)):
         raise CrystalTokenizationError(f"{name or 'crystal'}: missing value")
@@ -72,7 +71,7 @@ def pair_row(chosen: CrystalTokens, rejected: CrystalTokens) -> dict[str, Any]:
 
 def pair_tokens(row: Mapping[str, Any], side: str, n_max: int = 21) -> CrystalTokens:
     """One side of a pair row back as ``CrystalTokens``."""
-    return CrystalTokens.from_sites(*(row[f"{side}_{k}"] for k in TOKEN_KEYS), n_max=n_max)
+    return CrystalTokens.from_sites(*(row[f"{side}_{k}"] for k in TOKEN_FIELDS), n_max=n_max)
 
 
 def pairs_from_table(
