@@ -23,7 +23,7 @@ import torch
 def generated_structures(samples: str, n: int, seed: int):
     """n structures and their names, in random order (seed), from a samples table or CIF folder; unbuildable rows
     dropped."""
-    from crystalformer_rl.evaluation.io import load_crystals
+    from crystalformer_rl.materials.io import load_crystals
 
     loaded = load_crystals(samples, progress=False)
     built = [(s, name) for s, name in zip(loaded.structures, loaded.names) if s is not None]
@@ -62,8 +62,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from crystalformer_rl.evaluation.stability import primitive_cell, relax_structures
-    from crystalformer_rl.reward_models.energy import CHGNetEnergyModel, relax_structure
+    from crystalformer_rl.materials import CHGNetEnergyModel, relax_structure
+    from crystalformer_rl.materials.relaxation import primitive_cell, relax_structures
 
     structures, names = generated_structures(args.samples, args.n, args.seed)
     sampled_atoms = sum(len(s) for s in structures)

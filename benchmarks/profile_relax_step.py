@@ -2,7 +2,7 @@
 
     python benchmarks/profile_relax_step.py --samples samples/samples.csv -n 64 --threads 2
 
-One step of `relax_in_lockstep` (reward_models/energy.py) for n generated crystals: pymatgen <-> ASE conversion,
+One step of `relax_in_lockstep` (materials/relaxation.py) for n generated crystals: pymatgen <-> ASE conversion,
 CHGNet's graph building, batching, its forward pass, the one backward pass for forces and stresses, and ASE's
 FIRE step on a FrechetCellFilter. Each part is timed ``--repeats`` times on the same structures and reported as
 milliseconds per structure, with its share of the step. It tells which part a faster relaxation has to shrink:
@@ -75,7 +75,8 @@ def main():
     from chgnet.model.model import BatchedGraph
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from crystalformer_rl.reward_models.energy import CHGNetEnergyModel, _PrecomputedResults
+    from crystalformer_rl.materials.potentials import CHGNetEnergyModel
+    from crystalformer_rl.materials.relaxation import _PrecomputedResults
 
     structures, _ = generated_structures(args.samples, args.n, args.seed)
     energy_model = CHGNetEnergyModel("r2scan", batch_size=len(structures))

@@ -1,11 +1,11 @@
-"""Rebuild the shipped Materials Project hull of :mod:`crystalformer_rl.reward_models.hull` (offline data building).
+"""Rebuild the shipped Materials Project hull of :mod:`crystalformer_rl.materials.hull` (offline data building).
 
 MP's current thermodynamics mix energy scales per chemical system (see the module docstring of
-``crystalformer_rl/reward_models/hull.py``). :func:`build_mp_hull` labels each entry with the scale that reproduces
+``crystalformer_rl/materials/hull.py``). :func:`build_mp_hull` labels each entry with the scale that reproduces
 MP's ``energy_above_hull`` (and drops entries no scale reproduces); the shipped files keep only hull vertices, as
 formation energies, plus the r2SCAN references (MP's r2SCAN-scale elemental ground states) and GGA references
 (MP's GGA elemental entries). Writes ``mp_hull_r2scan.csv.gz``, ``mp_hull_systems.csv.gz`` and
-``mp_hull_references.json`` (with the build report) into ``crystalformer_rl/reward_models/data`` by default.
+``mp_hull_references.json`` (with the build report) into ``crystalformer_rl/materials/data`` by default.
 
     python scripts/build_mp_hull.py mp_entries.csv.gz mp_elemental_reference_entries.json.gz [--tol 0.05]
 """
@@ -28,7 +28,7 @@ import pandas as pd
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Element
 
-from crystalformer_rl.reward_models.hull import (
+from crystalformer_rl.materials.hull import (
     DEFAULT_HULL_PATH,
     DEFAULT_REFS_PATH,
     GGA_MP2020,

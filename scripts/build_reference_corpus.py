@@ -25,7 +25,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
 from crystalformer_rl.data import DEFAULT_TRAIN_DATA, DEFAULT_VALIDATION_DATA
-from crystalformer_rl.evaluation.matching import reference_table, write_reference_table
+from crystalformer_rl.materials.matching import reference_table, write_reference_table
 from crystalformer_rl.pretrained import SHIPPED_REFERENCE
 from crystalformer_rl.tokenization import CrystalTokens
 

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
+from crystalformer_rl.materials.properties import DIELECTRIC_MODEL_DIR
 from crystalformer_rl.reward_models import BandGapReward, EhullReward
-from crystalformer_rl.reward_models.properties import DIELECTRIC_MODEL_DIR
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

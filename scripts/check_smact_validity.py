@@ -119,7 +119,7 @@ def _element_counts(formula: str) -> tuple[list[str], list[int]]:
 
 def compare(path: Path, column: str, python: str, oxidation_states: str = "smact14") -> dict:
     """Run both rules on the compositions of ``path``; returns the report (see the module docstring)."""
-    from crystalformer_rl.evaluation.validity import check_composition_validity
+    from crystalformer_rl.materials.validity import check_composition_validity
 
     formulas = _read_formulas(path, column)
     rows = Counter(f for f in formulas if f is not None)

@@ -101,7 +101,7 @@ class Reference:
         return cls(frame, same_space_group)
 
     def _build(self, value: Any) -> Structure:
-        from crystalformer_rl.evaluation.io import structure_from_record  # decoding only
+        from crystalformer_rl.materials.io import structure_from_record  # decoding only
 
         return structure_from_record(value, self.column)
 
@@ -209,7 +209,7 @@ def check(
     same_space_group: bool | None = None,
 ) -> dict[str, Any]:
     """Compare the evaluation in ``evaluation`` (a folder or its structures table) with the re-implementation."""
-    from crystalformer_rl.evaluation.io import load_crystals  # reading the samples only
+    from crystalformer_rl.materials.io import load_crystals  # reading the samples only
 
     folder = evaluation if evaluation.is_dir() else evaluation.parent
     table_path = (

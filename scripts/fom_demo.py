@@ -71,8 +71,8 @@ def main():
     args = parser.parse_args()
 
     from crystalformer_rl.evaluation import plots
-    from crystalformer_rl.evaluation.io import load_crystals
-    from crystalformer_rl.evaluation.matching import novelty_checks
+    from crystalformer_rl.materials.io import load_crystals
+    from crystalformer_rl.materials.matching import novelty_checks
     from crystalformer_rl.pretrained import SHIPPED_REFERENCE
 
     work, out = Path(args.work), Path(args.output)

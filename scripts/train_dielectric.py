@@ -32,12 +32,8 @@ import pandas as pd
 import torch
 from pymatgen.core import Structure
 
-from crystalformer_rl.reward_models.properties import (
-    DIELECTRIC_MODEL_DIR,
-    BandGapReward,
-    DielectricEnsemble,
-    DielectricFeaturizer,
-)
+from crystalformer_rl.materials.properties import DIELECTRIC_MODEL_DIR, DielectricEnsemble, DielectricFeaturizer
+from crystalformer_rl.reward_models import BandGapReward
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,8 +125,8 @@ def main() -> None:
     gaps = band_gap.compute(structures)
     feats = {}
     t_feat = time.time()
-    full = DielectricFeaturizer("chgnet+desc", band_gap=band_gap)(structures, gaps=gaps)
-    n_chgnet = full.shape[1] - DielectricFeaturizer("desc", band_gap=band_gap)(structures[:1], gaps=gaps[:1]).shape[1]
+    full = DielectricFeaturizer("chgnet+desc", band_gap=band_gap.model)(structures, gaps=gaps)
+    n_chgnet = full.shape[1] - DielectricFeaturizer("desc", band_gap=band_gap.model)(structures[:1], gaps=gaps[:1]).shape[1]
     feats["chgnet+desc"] = full
     feats["desc"] = full[:, n_chgnet:]
     t_feat = time.time() - t_feat

@@ -24,6 +24,7 @@ from crystalformer_rl.modeling_crystalformer.convert_crystalformer_checkpoint im
     haiku_to_torch_names,
     infer_config,
     load_checkpoint_pickle,
+    load_crystalformer_checkpoint,
 )
 
 
@@ -191,7 +192,7 @@ def test_official_format_roundtrip(tmp_path, kwargs):
     write_official_checkpoint(path, model)
     # heads x head_dim is not inferable from shapes: give it, the rest is inferred
     given = {"num_heads": model.config.num_attention_heads, "key_size": model.config.head_dim}
-    loaded = CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint(path, config=given)
+    loaded = load_crystalformer_checkpoint(path, config=given)
     for key in ("n_max", "h0_size", "position_embedding_type", "num_hidden_layers", "hidden_size", "embed_size"):
         assert getattr(loaded.config, key) == getattr(model.config, key), key
     for key, value in model.state_dict().items():
@@ -213,7 +214,7 @@ def test_loads_from_a_prefilled_hub_cache_offline(tmp_path, monkeypatch):
     shutil.copy(PARITY / "checkpoint.pkl", target)
     config = json.loads((PARITY / "config.json").read_text())
 
-    local = CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint(PARITY / "checkpoint.pkl", config=config)
+    local = load_crystalformer_checkpoint(PARITY / "checkpoint.pkl", config=config)
     from crystalformer_rl.pretrained import OFFICIAL_ALEX20
 
     for reference in (
@@ -222,17 +223,15 @@ def test_loads_from_a_prefilled_hub_cache_offline(tmp_path, monkeypatch):
         "zdcao/CrystalFormer/alex20/PBE/epoch_005500.pkl",
         "hf://zdcao/CrystalFormer/alex20/PBE/epoch_005500.pkl",
     ):
-        model = CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint(
-            reference, config=config, cache_dir=tmp_path
-        )
+        model = load_crystalformer_checkpoint(reference, config=config, cache_dir=tmp_path)
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in local.state_dict().items())
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     with pytest.raises(LocalEntryNotFoundError):  # not in the cache, offline: a clear Hub error, no network
-        CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint("mp20", cache_dir=tmp_path)
+        load_crystalformer_checkpoint("mp20", cache_dir=tmp_path)
     with pytest.raises(FileNotFoundError):
-        CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint(tmp_path / "missing.pkl")
+        load_crystalformer_checkpoint(tmp_path / "missing.pkl")
 
 
 # ---------------------------------------------------------------------------------------------------------

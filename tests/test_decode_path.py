@@ -15,7 +15,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
 
 import crystalformer_rl.tokenization.tokenization_crystalformer as tokenization
-from crystalformer_rl.evaluation.io import TOKEN_ARRAYS, structure_from_record
+from crystalformer_rl.materials.io import TOKEN_ARRAYS, structure_from_record
 from crystalformer_rl.pretrained import load_model
 from crystalformer_rl.reward_models import as_structure
 from crystalformer_rl.sampling import sample_crystals, sample_to_frame, write_samples

@@ -502,8 +502,7 @@ def one_thread():
 
 def test_real_chgnet_stability(val, one_thread):
     pytest.importorskip("chgnet")
-    from crystalformer_rl.reward_models.ehull import EhullReward
-    from crystalformer_rl.reward_models.hull import ReferenceHull
+    from crystalformer_rl.materials import EhullCalculator, ReferenceHull
 
     rows = val[val.material_id.isin(["mp-865981", "mp-754553"])]  # TmMgHg2 (4 atoms), Zn3N2
     structures = [Structure.from_str(c, fmt="cif") for c in rows.cif]
@@ -511,10 +510,8 @@ def test_real_chgnet_stability(val, one_thread):
     entries = pd.read_csv(SHARED / "data" / "mp_hull" / "mp_entries.csv.gz")
     keep = entries.composition.map(lambda c: set(re.findall(r"[A-Z][a-z]?", c)) <= elements)
     hull = ReferenceHull.from_dataframe(entries[keep], energy_scale="r2scan", name="mp-subset")
-    from crystalformer_rl.evaluation import default_ehull_fn
-
-    ehull_fn = default_ehull_fn(EhullReward(hull=hull))
-    result = evaluate_structures(structures, relax=True, steps=30, ehull_fn=ehull_fn, progress=False)
+    ehull = EhullCalculator(hull=hull)  # the potential that relaxes is the one that scores
+    result = evaluate_structures(structures, relax=True, steps=30, ehull=ehull, progress=False)
     t = result.table
     assert t["e_hull"].notna().all() and t["e_hull_relaxed"].notna().all(), t[["e_hull_reason"]]
     # MP's own values are 0 and 0.01 eV/atom; CHGNet-r2SCAN should put these known crystals near the hull
@@ -554,8 +551,8 @@ def test_shipped_reference_is_compact_and_decodes():
 
 
 def test_novelty_matcher_failure_is_counted_not_novel(train, monkeypatch):
-    import crystalformer_rl.evaluation.matching as matching
-    from crystalformer_rl.evaluation.matching import novelty_checks
+    import crystalformer_rl.materials.matching as matching
+    from crystalformer_rl.materials.matching import novelty_checks
 
     class BrokenMatcher:
         def fit(self, a, b):
@@ -731,7 +728,7 @@ def test_both_sun_rules_and_the_space_group_table(train, val_structures, referen
 
 def test_sampling_seconds_scale_with_limit():
     from crystalformer_rl.commands.evaluate import _sampling_seconds
-    from crystalformer_rl.evaluation.io import LoadedCrystals
+    from crystalformer_rl.materials.io import LoadedCrystals
 
     loaded = LoadedCrystals(
         ["a", "b"], [None, None], ["x", "x"], metadata={"sampling_seconds": 10.0, "num_samples": 8}
@@ -836,8 +833,8 @@ def test_collapsed_cells_are_never_given_to_structure_matcher(val_structures, re
     batch-400 RL run): uniqueness, novelty and the S.U.N. archive must treat such cells as matching nothing."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    from crystalformer_rl.evaluation.matching import unmatchable_reason
-    from crystalformer_rl.reward_models.novelty import StructureArchive
+    from crystalformer_rl.materials.archive import StructureArchive
+    from crystalformer_rl.materials.matching import unmatchable_reason
 
     class Recording(StructureMatcher):
         calls = 0
@@ -877,8 +874,8 @@ def test_a_matcher_exception_is_undecided_everywhere_and_never_raised(val_struct
     no match, novelty of such a crystal is undecided (not novel), and nothing propagates."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    from crystalformer_rl.evaluation.matching import fit_or_reason
-    from crystalformer_rl.reward_models.novelty import StructureArchive
+    from crystalformer_rl.materials.archive import StructureArchive
+    from crystalformer_rl.materials.matching import fit_or_reason
 
     class Raising(StructureMatcher):
         def fit(self, a, b, **kwargs):

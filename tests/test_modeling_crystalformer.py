@@ -17,7 +17,10 @@ from crystalformer_rl.modeling_crystalformer import (  # noqa: E402
     CrystalFormerConfig,
     CrystalFormerForCrystalGeneration,
 )
-from crystalformer_rl.tokenization.wyckoff import WyckoffTables  # noqa: E402
+from crystalformer_rl.modeling_crystalformer.convert_crystalformer_checkpoint import (  # noqa: E402
+    load_crystalformer_checkpoint,
+)
+from crystalformer_rl.wyckoff import WyckoffTables  # noqa: E402
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -56,9 +59,7 @@ def reference():
 def parity_models():
     config = json.loads((PARITY / "config.json").read_text())
     return {
-        dtype: CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint(
-            PARITY / "checkpoint.pkl", config=config, dtype=dtype
-        )
+        dtype: load_crystalformer_checkpoint(PARITY / "checkpoint.pkl", config=config, dtype=dtype)
         for dtype in (torch.float64, torch.float32)
     }
 

@@ -167,7 +167,7 @@ def test_trl_protocol_cache_failures_and_logging(caplog):
         three,
         Structure(Lattice.cubic(3), [], []),
     ]
-    with caplog.at_level(logging.INFO, logger="crystalformer_rl.reward_models.base"):
+    with caplog.at_level(logging.INFO, logger="crystalformer_rl.materials.property"):
         out = r(
             prompts=["225"] * 6,
             completions=completions,
@@ -229,10 +229,28 @@ def _emt_structures():
     return out
 
 
+def _ase_fire(structure, calculator, fmax, steps):
+    """ASE's own FIRE on a FrechetCellFilter, run one structure at a time: the reference the package's lockstep
+    relaxation must reproduce (the package itself sets up FIRE only in `materials.relaxation.relax_in_lockstep`)."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from crystalformer_rl.materials import RelaxResult
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = calculator
+    optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
+    converged = bool(optimizer.run(fmax=fmax, steps=steps))
+    return RelaxResult(
+        AseAtomsAdaptor.get_structure(atoms), float(atoms.get_potential_energy()), converged, optimizer.nsteps
+    )
+
+
 def test_lockstep_relaxation_equals_one_by_one_ase_fire():
     """Lockstep relaxation (one batched force call per step) follows each structure's own FIRE trajectory:
     the same step counts, convergence and energies as FIRE(FrechetCellFilter).run one structure at a time."""
-    from crystalformer_rl.reward_models.energy import relax_in_lockstep
+    from crystalformer_rl.materials.relaxation import relax_in_lockstep
 
     structures = _emt_structures()
     model = ASEEnergyModel(EMT(), "toy")
@@ -243,7 +261,7 @@ def test_lockstep_relaxation_equals_one_by_one_ase_fire():
         return model.predict_efs(batch)
 
     batched = relax_in_lockstep(structures, predict_efs, fmax=0.05, steps=150, on_done=done.append)
-    one = [relax_structure(s, EMT(), fmax=0.05, steps=150) for s in structures]
+    one = [_ase_fire(s, EMT(), fmax=0.05, steps=150) for s in structures]
     assert sorted(done) == list(range(len(structures)))
     assert calls[0] == len(structures) and max(calls[1:]) <= len(structures)
     assert len(calls) == 1 + max(r.steps for r in batched)  # one batched call per step, not one per structure
@@ -255,7 +273,7 @@ def test_lockstep_relaxation_equals_one_by_one_ase_fire():
 
 def test_lockstep_relaxation_isolates_a_failing_structure(caplog):
     """A structure whose evaluation raises (or gives NaN) fails alone; the others still relax."""
-    from crystalformer_rl.reward_models.energy import relax_in_lockstep
+    from crystalformer_rl.materials.relaxation import relax_in_lockstep
 
     structures = _emt_structures()
     model = ASEEnergyModel(EMT(), "toy")
@@ -281,7 +299,7 @@ def test_primitive_relaxation_relaxes_fewer_atoms_to_the_same_energy_per_atom():
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    from crystalformer_rl.evaluation.stability import primitive_cell, relax_structures
+    from crystalformer_rl.materials.relaxation import primitive_cell, relax_structures
 
     frames = [pd.read_csv(SHARED / "data" / "mp20_pilot" / f"{split}.csv.gz") for split in ("train", "val")]
     rows = pd.concat(frames).drop_duplicates("material_id").set_index("material_id").loc[["mp-1229031", "mp-16514"]]
@@ -363,7 +381,7 @@ def test_default_hull_references_and_scales():
     assert hull.e_above_hull("Si2", hull.references["r2scan"]["Si"] * 2, scale="r2scan") == pytest.approx(
         0.0, abs=1e-9
     )
-    data = Path(__file__).resolve().parents[1] / "crystalformer_rl" / "reward_models" / "data"
+    data = Path(__file__).resolve().parents[1] / "crystalformer_rl" / "materials" / "data"
     size = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
     assert size < 10e6
 
@@ -433,7 +451,7 @@ def test_matgl_potential_batched_matches_ase():
 
 def test_loading_chgnet_keeps_stdout_clean_for_json_printing_benchmarks(capsys):
     """CHGNet prints its parameter count and device; benchmarks print JSON on stdout, so that goes to stderr."""
-    from crystalformer_rl.reward_models.energy import CHGNetEnergyModel, _load_chgnet
+    from crystalformer_rl.materials.potentials import CHGNetEnergyModel, _load_chgnet
 
     model = _load_chgnet.__wrapped__("r2scan", "cpu")  # uncached: the load itself must not print to stdout
     CHGNetEnergyModel("r2scan").ase_calculator()
@@ -495,7 +513,7 @@ def test_dielectric_and_figure_of_merit(dielectric, band_gap):
     assert eps[1] is None or eps[1] > eps[0]  # a small-gap semiconductor screens more
     meta = json.loads(
         (
-            Path(__file__).resolve().parents[1] / "crystalformer_rl/reward_models/data/dielectric_model/config.json"
+            Path(__file__).resolve().parents[1] / "crystalformer_rl/materials/data/dielectric_model/config.json"
         ).read_text()
     )
     assert "Petousis" in meta["citation"]
@@ -574,7 +592,7 @@ def test_linear_program_hull_matches_qhull_and_handles_many_elements():
 
     from pymatgen.core import Composition
 
-    from crystalformer_rl.reward_models.hull import _default_hull, _LinearProgramHull, _LowerHull
+    from crystalformer_rl.materials.hull import _default_hull, _LinearProgramHull, _LowerHull
 
     hull = _default_hull()
     for formula in ("LiFePO4", "Li2MnNiO4", "BaTiO3"):

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from crystalformer_rl.modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration  # noqa: E402
 from crystalformer_rl.modeling_crystalformer.sampling_crystalformer import sample_von_mises  # noqa: E402
-from crystalformer_rl.tokenization.wyckoff import WyckoffTables, apply_op  # noqa: E402
+from crystalformer_rl.wyckoff import WyckoffTables, apply_op  # noqa: E402
 
 
 TABLES = WyckoffTables.load()

@@ -167,13 +167,18 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().parse_args(argv)  # --help, or a one-line error naming the unknown command
             return 2
         try:
-            parser, run = make_parser(command), _load(COMMANDS[command].run)
+            parser = make_parser(command)
         except ImportError as exc:  # a command whose dependencies are missing stays listed, with the reason
             print(f"crystalformer-rl {command} is unavailable: {exc}", file=sys.stderr)
             return 2
-        args = parser.canonical_argv(argv[1:])  # the deprecation notes, once
-        debug = debug or (parser.debug_flag and "--debug" in args)
-        run(args)
+        debug = debug or (parser.debug_flag and any(a == "--debug" for a in argv[1:]))
+        parsed = parser.parse(argv[1:])  # parsed once, as TRL's scripts do; --help ends here, before the run imports
+        try:
+            run = _load(COMMANDS[command].run)
+        except ImportError as exc:
+            print(f"crystalformer-rl {command} is unavailable: {exc}", file=sys.stderr)
+            return 2
+        run(*parsed)
         return 0
     except SystemExit as exc:  # argparse (--help, a parse error): a status, not an exception, for in-process callers
         if exc.code is None or isinstance(exc.code, int):

@@ -3,6 +3,7 @@ summary and plots. The definitions and the library behind it are :mod:`crystalfo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,9 +13,11 @@ from typing import Any, Literal
 import pandas as pd
 
 from ..errors import UsageError
-from ..evaluation.evaluate import _scaled_sampling_seconds, default_reference, evaluate_structures
-from ..evaluation.io import LoadedCrystals, load_crystals, read_table
-from ..evaluation.matching import ReferenceIndex
+from ..evaluation.evaluate import EvaluationOptions, _scaled_sampling_seconds, default_reference, evaluate_structures
+from ..materials.ehull import EhullCalculator
+from ..materials.hull import ReferenceHull
+from ..materials.io import LoadedCrystals, load_crystals, read_table
+from ..materials.matching import ReferenceIndex
 from . import parse_args
 from .parser import CommandArguments
 
@@ -58,12 +61,12 @@ class EvaluateArguments(CommandArguments):
     calculator: str | None = field(
         default=None,
         metadata={
-            "help": "Energy model of EhullReward (e.g. chgnet-r2scan, chgnet-0.3.0, 7net-0, a matgl folder; "
+            "help": "Energy model of the E_hull calculator (e.g. chgnet-r2scan, chgnet-0.3.0, 7net-0, a matgl folder; "
             "default: its own)."
         },
     )
     hull: str | None = field(
-        default=None, metadata={"help": "Reference hull file for EhullReward (default: its shipped MP hull)."}
+        default=None, metadata={"help": "Reference hull file of the E_hull calculator (default: the shipped MP hull)."}
     )
     hull_energy_scale: str = field(
         default="gga_mp2020", metadata={"help": "Energy scale of --hull (r2scan, gga_mp2020, ...)."}
@@ -121,6 +124,10 @@ class EvaluateArguments(CommandArguments):
     def __post_init__(self):
         if self.scatter is not None and len(self.scatter) != 2:
             raise ValueError(f"{self._option('scatter')}: expected 2 arguments (X Y), got {len(self.scatter)}")
+
+    def evaluation_options(self) -> EvaluationOptions:
+        """The :class:`EvaluationOptions` these arguments set (fields of the same names)."""
+        return EvaluationOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EvaluationOptions)})
 
 
 def _check_inputs(args: EvaluateArguments) -> None:
@@ -184,31 +191,19 @@ def run_evaluate(args: EvaluateArguments | list[str] | None = None) -> dict[str,
             (logger.warning if choice.fallback else logger.info)("novelty against %s", choice.why)
             reference = ReferenceIndex.from_file(choice.path, progress=progress)
 
-    ehull_kwargs: dict[str, Any] = {}
-    if stability and args.calculator:
-        ehull_kwargs["calculator"] = args.calculator
-    if stability and args.hull:
-        from ..reward_models.hull import ReferenceHull
-
-        ehull_kwargs["hull"] = ReferenceHull.from_file(args.hull, energy_scale=args.hull_energy_scale)
+    ehull = None
+    if stability and (args.calculator or args.hull):
+        hull = ReferenceHull.from_file(args.hull, energy_scale=args.hull_energy_scale) if args.hull else None
+        ehull = EhullCalculator(args.calculator, hull)
 
     sampling_seconds, seconds_origin = _sampling_seconds(args, loaded)
     result = evaluate_structures(
         loaded,
-        ehull_kwargs=ehull_kwargs,
-        progress=progress,
         reference=reference,
-        stability=stability,
-        relax=args.relax,
-        fmax=args.fmax,
-        steps=args.steps,
-        relax_primitive=args.relax_primitive,
-        ehull_threshold=args.ehull_threshold,
-        same_space_group=args.same_space_group,
-        symprec=args.symprec,
+        options=args.evaluation_options(),
+        ehull=ehull,
         sampling_seconds=sampling_seconds,
-        batch_size=args.batch_size,
-        space_group_column=args.space_group_column,
+        progress=progress,
     )
     result.summary["input"] = str(args.input)
     result.summary["sampling_seconds_origin"] = seconds_origin

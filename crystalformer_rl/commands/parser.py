@@ -70,6 +70,25 @@ class CommandParser(TrlParser):
             self.add_argument(
                 "--config", metavar="FILE.yaml", help="read the options from a YAML file; options given here win"
             )
+        self._crystal_options_first()
+
+    def _crystal_options_first(self) -> None:
+        """A trainer's options: this package's (script arguments and the fields its config declares) first, as one
+        group, then those inherited from TRL / `TrainingArguments`."""
+        ours = {name for cls in self.dataclass_types for name in _declared_here(cls)}
+        everything = {f.name for cls in self.dataclass_types for f in dataclasses.fields(cls)}
+        if ours == everything:
+            return
+        group = self.add_argument_group("crystal options", "the options of crystalformer-rl (TRL's follow)")
+        self._action_groups.remove(group)
+        self._action_groups.insert(1, group)  # after the positionals, before the inherited options
+        moved = [a for a in self._optionals._group_actions if a.dest in ours]
+        for action in moved:
+            self._optionals._group_actions.remove(action)
+            group._group_actions.append(action)
+            self._actions.remove(action)
+        index = next(i for i, a in enumerate(self._actions) if a.option_strings and a.dest != "help")
+        self._actions[index:index] = moved
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -131,6 +150,17 @@ class CommandParser(TrlParser):
         if from_config:
             raise UsageError(f"--config: unknown key(s) {from_config}; see `{self.prog} --help`")
         return tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
+
+
+def _declared_here(cls: type) -> set[str]:
+    """The fields of dataclass ``cls`` that this package declares (on ``cls`` or a base class of its own)."""
+    return {
+        name
+        for klass in cls.__mro__
+        if klass.__module__.startswith("crystalformer_rl")
+        for name in vars(klass).get("__annotations__", {})
+        if name in {f.name for f in dataclasses.fields(cls)}
+    }
 
 
 def _underscored(option: str) -> str:

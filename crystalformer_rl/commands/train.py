@@ -4,7 +4,6 @@ The shared library helpers are :mod:`crystalformer_rl.trainers.utils`."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from collections import Counter
@@ -15,6 +14,7 @@ import torch
 
 from ..data import DEFAULT_CORPUS_DIR, DEFAULT_TRAIN_DATA, DEFAULT_VALIDATION_DATA
 from ..errors import UsageError, one_line
+from ..reward_models.registry import REWARDS, load_reward
 from ..trainers.utils import (
     MODEL_SIZES,
     BaseModelFilesCallback,
@@ -25,30 +25,6 @@ from ..trainers.utils import (
 )
 from ..utils import is_hub_repo_id
 from . import parse_args
-
-
-# Reward names usable in configs; anything else is an import path "package.module:callable_or_factory".
-REWARDS = {
-    "ehull": "crystalformer_rl.reward_models:EhullReward",
-    "stability": "crystalformer_rl.reward_models:StabilityReward",
-    "band_gap": "crystalformer_rl.reward_models:BandGapReward",
-    "dielectric": "crystalformer_rl.reward_models:DielectricReward",
-    "figure_of_merit": "crystalformer_rl.reward_models:FigureOfMeritReward",
-    "stable_figure_of_merit": "crystalformer_rl.reward_models:StableFigureOfMeritReward",
-    "ehull_sun": "crystalformer_rl.reward_models:SUNReward",
-}
-
-
-def load_reward(name: str, **kwargs):
-    """A reward callable by registry name or import path; classes and factories are called with ``kwargs``."""
-    target = REWARDS.get(name, name)
-    if ":" not in target:
-        raise ValueError(f"unknown reward {name!r}: use one of {sorted(REWARDS)} or 'package.module:callable'")
-    module, attr = target.split(":", 1)
-    obj = getattr(importlib.import_module(module), attr)
-    if isinstance(obj, type) or kwargs:
-        obj = obj(**kwargs)
-    return obj
 
 
 # -------------------------------------------------------------------------------------------------- pretrain
@@ -130,8 +106,8 @@ def resolve_checkpoint(value: str | bool | None, output_dir: str, resume: bool =
     return text
 
 
-def run_pretrain(argv: list[str] | tuple | None = None):
-    """``crystalformer-rl pretrain``: the argument list, or the parsed (script arguments, config)."""
+def run_pretrain(script=None, config=None):
+    """``crystalformer-rl pretrain``: its parsed script arguments and config (or an argument list)."""
     from datasets import load_dataset
 
     from ..modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration
@@ -139,7 +115,8 @@ def run_pretrain(argv: list[str] | tuple | None = None):
     from ..tokenization import CrystalTokenizer
     from ..trainers.pretrain_trainer import CrystalPretrainer, plot_loss_curves
 
-    script, config = parse_args("pretrain", argv)
+    if config is None:  # an argument list (tests, scripts); the command line parses once and passes both
+        script, config = parse_args("pretrain", script)
     if not script.model and script.model_size not in MODEL_SIZES:
         raise UsageError(f"--model_size {script.model_size}: use one of {', '.join(MODEL_SIZES)}")
     train_files = _data_files("--train_data", script.train_data, DEFAULT_TRAIN_DATA)
@@ -204,14 +181,15 @@ class RLScriptArguments:
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
 
 
-def run_rl(argv: list[str] | tuple | None = None):
-    """``crystalformer-rl rl``: the argument list, or the parsed (script arguments, config)."""
+def run_rl(script=None, config=None):
+    """``crystalformer-rl rl``: its parsed script arguments and config (or an argument list)."""
     from ..pretrained import load_model
     from ..reward_models.base import share_caches
     from ..trainers.crystal_rloo_trainer import CrystalRLOOTrainer, space_group_prompts
     from ..trainers.rl_plots import plot_rl_curves
 
-    script, config = parse_args("rl", argv)
+    if config is None:  # an argument list (tests, scripts); the command line parses once and passes both
+        script, config = parse_args("rl", script)
     try:
         reward_kwargs = json.loads(script.reward_kwargs) if script.reward_kwargs else {}
     except ValueError as exc:
@@ -391,8 +369,8 @@ def build_dpo_pairs(script: DPOScriptArguments, model, reward_kwargs: dict, devi
     return pairs, failures, dpo_pairs.summarise(pairs, failures, {"settings": _pair_settings(script)}, **counts)
 
 
-def run_dpo(argv: list[str] | tuple | None = None):
-    """``crystalformer-rl dpo``: the argument list, or the parsed (script arguments, config)."""
+def run_dpo(script=None, config=None):
+    """``crystalformer-rl dpo``: its parsed script arguments and config (or an argument list)."""
     from accelerate import PartialState
     from transformers.trainer_utils import IntervalStrategy
 
@@ -400,7 +378,8 @@ def run_dpo(argv: list[str] | tuple | None = None):
     from ..trainers.crystal_dpo_trainer import CrystalDPOTrainer
     from ..trainers.dpo_pairs import pairs_dataset, split_pairs, write_pairs
 
-    script, config = parse_args("dpo", argv)
+    if config is None:  # an argument list (tests, scripts); the command line parses once and passes both
+        script, config = parse_args("dpo", script)
     if not 0.0 <= script.validation_fraction < 1.0:
         raise UsageError(f"--validation_fraction {script.validation_fraction}: use a value in [0, 1)")
     if script.pairs not in PAIR_SOURCES and not Path(script.pairs).exists() and not is_hub_repo_id(script.pairs):
@@ -462,15 +441,16 @@ class SFTScriptArguments:
     sample_seed: int = field(default=0, metadata={"help": "Seed of the sampler."})
 
 
-def run_sft(argv: list[str] | tuple | None = None, ehull_fn=None, relax_fn=None):
-    """``crystalformer-rl sft``: the argument list, or the parsed (script arguments, config); ``ehull_fn`` /
+def run_sft(script=None, config=None, ehull_fn=None, relax_fn=None):
+    """``crystalformer-rl sft``: its parsed script arguments and config (or an argument list); ``ehull_fn`` /
     ``relax_fn`` replace the potential (tests, other potentials)."""
     from ..pretrained import load_model
     from ..tokenization import CrystalTokenizer
     from ..trainers.pretrain_trainer import CrystalPretrainer
     from ..trainers.sft import build_sft_dataset
 
-    script, config = parse_args("sft", argv)
+    if config is None:  # an argument list (tests, scripts); the command line parses once and passes both
+        script, config = parse_args("sft", script)
     model = load_model(script.model)
     dataset, counts = build_sft_dataset(
         model.eval(),

@@ -9,31 +9,36 @@ Typical use::
     print(result.summary["frac_sun_relaxed"], result.summary["frac_sun_unrelaxed"], result.summary["sun_per_second"])
     result.by_space_group           # counts and rates per space group (paper Fig. 4)
 
-The metrics, thresholds and both S.U.N. rules are defined in ``docs/evaluation.md``.
+The metrics, thresholds and both S.U.N. rules are defined in ``docs/evaluation.md``. The physics (E_hull,
+relaxation, matching, validity) is :mod:`crystalformer_rl.materials`; this package aggregates it into tables,
+summaries and plots (the names re-exported below from ``materials`` are the ones evaluations use most).
 """
 
+from ..materials.ehull import compute_ehull, default_ehull_fn, default_relax_fn
+from ..materials.io import LoadedCrystals, load_crystals
+from ..materials.matching import ReferenceIndex, deduplicate, novelty, reduced_formula, space_group_number
+from ..materials.relaxation import relax_structures
+from ..materials.validity import (
+    check_composition_validity,
+    check_structure_validity,
+    composition_validity,
+    structure_validity,
+)
 from .evaluate import (
     DEFAULT_REFERENCE,
+    EvaluationOptions,
     EvaluationResult,
     evaluate_crystals,
     evaluate_structures,
     space_group_table,
     summarize,
 )
-from .io import LoadedCrystals, load_crystals
-from .matching import ReferenceIndex, deduplicate, novelty, reduced_formula, space_group_number
 from .plots import plot_ehull_histogram, plot_property_scatter, plot_space_group_bars, plot_space_group_rates
-from .stability import compute_ehull, default_ehull_fn, default_relax_fn, relax_structures
-from .validity import (
-    check_composition_validity,
-    check_structure_validity,
-    composition_validity,
-    structure_validity,
-)
 
 
 __all__ = [
     "DEFAULT_REFERENCE",
+    "EvaluationOptions",
     "EvaluationResult",
     "LoadedCrystals",
     "ReferenceIndex",

@@ -36,6 +36,7 @@ Command line: ``crystalformer-rl evaluate samples.csv --output_dir eval/ [--rela
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -52,24 +53,20 @@ import pandas as pd
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
+from ..materials.ehull import EhullCalculator, EhullFn, compute_ehull, default_ehull_fn, default_relax_fn
+from ..materials.io import LoadedCrystals, load_crystals
+from ..materials.matching import ReferenceIndex, deduplicate, novelty_checks, reduced_formula, space_group_number
+from ..materials.relaxation import RelaxFn, relax_structures
+from ..materials.validity import check_composition_validity, check_structure_validity
 from ..pretrained import SHIPPED_REFERENCE, model_reference
-from .io import LoadedCrystals, atomic_write_table, atomic_write_text, load_crystals
-from .matching import ReferenceIndex, deduplicate, novelty_checks, reduced_formula, space_group_number
-from .stability import (
-    EhullFn,
-    RelaxFn,
-    compute_ehull,
-    default_ehull_fn,
-    default_relax_fn,
-    relax_structures,
-)
-from .validity import check_composition_validity, check_structure_validity
+from ..utils import atomic_write_table, atomic_write_text
 
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_REFERENCE",
+    "EvaluationOptions",
     "EvaluationResult",
     "ReferenceChoice",
     "default_reference",
@@ -318,27 +315,36 @@ def _as_reference(reference: Any, progress: bool) -> ReferenceIndex | None:
     return ReferenceIndex.from_structures(reference)
 
 
+@dataclass
+class EvaluationOptions:
+    """How :func:`evaluate_structures` judges crystals (the rules themselves are in ``docs/evaluation.md``)."""
+
+    stability: bool = True  # compute E_hull (through ``ehull_fn``, default an :class:`EhullCalculator`)
+    relax: bool = False  # relax first, and judge stability, uniqueness and novelty on the relaxed structures
+    fmax: float = 0.1  # relaxation force threshold (eV/Å)
+    steps: int = 500  # maximum relaxation steps
+    relax_primitive: bool = False  # relax each crystal's primitive cell (fewer atoms per step for centred cells)
+    ehull_threshold: float = 0.1  # stable: E_hull <= this (eV/atom)
+    same_space_group: bool = False  # novelty compares only references of the same space group
+    symprec: float = 0.1  # spglib tolerance of the ``space_group`` column
+    batch_size: int = 64  # structures per E_hull call
+    space_group_column: str | None = None  # column of the per-space-group table (default: ``G`` if present)
+
+
 def evaluate_structures(
     structures: Sequence[Structure | None] | LoadedCrystals,
     names: Sequence[str] | None = None,
     errors: Sequence[str | None] | None = None,
     extra: pd.DataFrame | None = None,
     reference: ReferenceIndex | Sequence[Structure] | str | os.PathLike | None = None,
-    stability: bool = True,
-    relax: bool = False,
+    options: EvaluationOptions | None = None,
+    *,
+    ehull: EhullCalculator | None = None,
     ehull_fn: EhullFn | None = None,
     relax_fn: RelaxFn | None = None,
-    ehull_kwargs: dict[str, Any] | None = None,
-    fmax: float = 0.1,
-    steps: int = 500,
-    relax_primitive: bool = False,
-    ehull_threshold: float = 0.1,
-    same_space_group: bool = False,
-    symprec: float = 0.1,
     sampling_seconds: float | None = None,
-    batch_size: int = 64,
-    space_group_column: str | None = None,
     progress: bool = True,
+    **overrides: Any,
 ) -> EvaluationResult:
     """Evaluate crystals (see the module docstring for the definitions); never raises on a bad structure.
 
@@ -348,18 +354,17 @@ def evaluate_structures(
         reference: structures for novelty (a :class:`ReferenceIndex`, structures, a table or CIF folder path, or a
             ``datasets`` Hub id); ``None`` skips novelty (and therefore S.U.N.); :func:`default_reference` gives
             the one the command line uses.
-        stability: compute E_hull through ``ehull_fn`` (default: ``reward_models.EhullReward(**ehull_kwargs)``,
-            e.g. ``{"calculator": "chgnet-r2scan", "hull": ReferenceHull(...)}``).
-        relax: relax with ``relax_fn`` (default: the reward's energy model, FIRE, ``fmax``, ``steps``) and judge
-            stability, uniqueness and novelty on the relaxed structures.
-        relax_primitive: relax each crystal's primitive cell (fewer atoms per step for centred cells; see
-            :func:`~crystalformer_rl.evaluation.stability.primitive_cell`); ``relaxed_cif`` is then that cell.
-        ehull_threshold: stable means ``E_hull <= ehull_threshold`` eV/atom.
-        symprec: spglib tolerance of the ``space_group`` column.
+        options: the :class:`EvaluationOptions`; keyword ``overrides`` (``relax=True``, ``steps=30``, ...) replace
+            its fields, as ``model.sample``'s keywords override its ``SamplingOptions``.
+        ehull: the :class:`EhullCalculator` behind the default ``ehull_fn`` and ``relax_fn`` (default:
+            ``EhullCalculator()``: CHGNet r2SCAN against the shipped MP hull).
+        ehull_fn: E_hull of a list of structures (replaces ``ehull``'s).
+        relax_fn: relaxation of a list of structures (default: ``ehull``'s potential, FIRE, ``fmax``, ``steps``).
         sampling_seconds: wall time spent generating the samples, for S.U.N. per second.
-        space_group_column: column of the per-space-group table (:func:`space_group_table`; default: the space
-            group the sampler was asked for, ``G``, when the input has it, else the detected ``space_group``).
     """
+    options = dataclasses.replace(options or EvaluationOptions(), **overrides)
+    stability, relax, symprec = options.stability, options.relax, options.symprec
+    space_group_column = options.space_group_column
     t0 = time.perf_counter()
     if isinstance(structures, LoadedCrystals):
         loaded = structures
@@ -374,10 +379,13 @@ def evaluate_structures(
     errors = list(errors) if errors is not None else [None if s is not None else "no structure" for s in structures]
     # Load models and the reference first: a wrong path or a missing model fails now, not after the relaxations.
     index = _as_reference(reference, progress)
+    if ehull is None and stability and ehull_fn is None and relax and relax_fn is None:
+        ehull = EhullCalculator()  # one potential for E_hull and relaxation, so relaxed E_hull is consistent
     if stability and ehull_fn is None:
-        ehull_fn = default_ehull_fn(**(ehull_kwargs or {}))
+        ehull_fn = default_ehull_fn(ehull=ehull)
     if relax and relax_fn is None:
-        relax_fn = default_relax_fn(fmax=fmax, steps=steps, ehull_fn=ehull_fn)
+        energy_model = ehull.calculator if ehull is not None else None
+        relax_fn = default_relax_fn(fmax=options.fmax, steps=options.steps, energy_model=energy_model)
 
     table = _validity_table(names, structures, errors, symprec, progress)
     if space_group_column is not None:  # now, not after hours of relaxation
@@ -388,12 +396,28 @@ def evaluate_structures(
                 f"space_group_column {space_group_column!r} is not a column of the input or the table "
                 f"(available: {', '.join(map(str, dict.fromkeys(available)))})"
             )
-    relax_settings = {"fmax": fmax, "steps": steps, "primitive": relax_primitive}
+    relax_settings = {"fmax": options.fmax, "steps": options.steps, "primitive": options.relax_primitive}
     relaxed, stable, stable_unrelaxed, relaxation_seconds = _stability_columns(
-        table, structures, stability, relax, ehull_fn, relax_fn, relax_settings, ehull_threshold, batch_size, progress
+        table,
+        structures,
+        stability,
+        relax,
+        ehull_fn,
+        relax_fn,
+        relax_settings,
+        options.ehull_threshold,
+        options.batch_size,
+        progress,
     )
     _sun_columns(
-        table, structures, relaxed if relax else None, index, stable, stable_unrelaxed, same_space_group, progress
+        table,
+        structures,
+        relaxed if relax else None,
+        index,
+        stable,
+        stable_unrelaxed,
+        options.same_space_group,
+        progress,
     )
 
     if extra is not None and len(extra) == n:
@@ -403,17 +427,17 @@ def evaluate_structures(
             table[target] = extra[column].values
 
     settings = {
-        "ehull_threshold": ehull_threshold,
+        "ehull_threshold": options.ehull_threshold,
         "stable_rule": "e_hull <= ehull_threshold (eV/atom)",
         "space_group_table_by": None,
         "stability": bool(stability),
         "relaxed": bool(relax),
-        "fmax": fmax if relax else None,
-        "steps": steps if relax else None,
-        "relax_primitive": bool(relax_primitive) if relax else None,
+        "fmax": options.fmax if relax else None,
+        "steps": options.steps if relax else None,
+        "relax_primitive": bool(options.relax_primitive) if relax else None,
         "reference": getattr(index, "name", None),
         "reference_size": len(index) if index is not None else None,
-        "same_space_group": same_space_group,
+        "same_space_group": options.same_space_group,
         "space_group_symprec": symprec,
         "matcher": "pymatgen StructureMatcher() defaults (ltol 0.2, stol 0.3, angle_tol 5)",
     }
@@ -603,7 +627,7 @@ def evaluate_crystals(
     progress: bool = True,
     **kwargs: Any,
 ) -> EvaluationResult:
-    """Load crystals from ``source`` (see :func:`~crystalformer_rl.evaluation.io.load_crystals`) and evaluate them.
+    """Load crystals from ``source`` (see :func:`~crystalformer_rl.materials.io.load_crystals`) and evaluate them.
 
     With ``limit``, the sampling time recorded for the whole input is scaled to the crystals evaluated.
     """

@@ -36,7 +36,7 @@ from pymatgen.core import Composition, Structure
 from tqdm.auto import tqdm
 
 from ..utils import atomic_write_text, atomic_write_with
-from .validity import composition_validity, structure_validity
+from ..materials.validity import composition_validity, structure_validity
 
 
 BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "data" / "benchmarks"

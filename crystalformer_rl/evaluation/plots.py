@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .io import atomic_write_bytes
+from ..utils import atomic_write_bytes
 
 
 __all__ = ["plot_ehull_histogram", "plot_property_scatter", "plot_space_group_bars", "plot_space_group_rates"]

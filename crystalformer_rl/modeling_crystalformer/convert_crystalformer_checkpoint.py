@@ -10,7 +10,7 @@ Usage (the command line is :mod:`crystalformer_rl.commands.convert`)::
     crystalformer-rl convert alex20 crystalformer-alex20
     crystalformer-rl convert path/to/epoch_005500.pkl --output_dir out --config reference_config.json
 
-or from Python: ``CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint("alex20")``.
+or from Python: ``load_crystalformer_checkpoint("alex20")`` (or ``load_model("alex20")``).
 
 Haiku names modules in creation order (first ``linear``, then ``linear_1``, ...). The reference creates, in
 order: the first-Wyckoff MLP (2 Linear, only if ``h0_size > 0``), the W/A/X/Y/Z token projections (5 Linear),

@@ -40,7 +40,7 @@ from ..crystallography import (
     model_to_physical_lattice,
     symmetrize_lattice,
 )
-from .modeling_crystalformer import CrystalFormerKVCache, gaussian_mixture_log_prob, von_mises_mixture_log_prob
+from .kv_cache_and_densities import CrystalFormerKVCache, gaussian_mixture_log_prob, von_mises_mixture_log_prob
 
 
 @dataclass

@@ -17,12 +17,12 @@ import json
 import os
 from pathlib import Path
 
-from ..utils import is_hub_repo_id
+from ..utils import first_line, hub_offline, is_hub_repo_id
 
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("default")
 SPACE_GROUP_FILE = "space_group_distribution.json"
-#: the official Alex-20 checkpoint in the form every loader takes (``load_model``, ``from_crystalformer_checkpoint``,
+#: the official Alex-20 checkpoint in the form every loader takes (``load_model``, ``load_crystalformer_checkpoint``,
 #: ``convert``); ``load_model`` also accepts ``owner/repo:path.pkl``
 OFFICIAL_ALEX20 = "zdcao/CrystalFormer/alex20/PBE/epoch_005500.pkl"
 #: the training corpus of the embedded model: 23,986 Materials Project crystals as token strings
@@ -39,17 +39,6 @@ def _is_default(name_or_path) -> bool:
     return name_or_path is None or str(name_or_path) == "default"
 
 
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def load_model(name_or_path: str | os.PathLike | None = None, **kwargs):
     """Load a CrystalFormer model (see the module docstring for the accepted names).
 
@@ -58,7 +47,10 @@ def load_model(name_or_path: str | os.PathLike | None = None, **kwargs):
             says which, so the command line can print it as one line.
     """
     from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
-    from ..modeling_crystalformer.convert_crystalformer_checkpoint import OFFICIAL_CHECKPOINTS
+    from ..modeling_crystalformer.convert_crystalformer_checkpoint import (
+        OFFICIAL_CHECKPOINTS,
+        load_crystalformer_checkpoint,
+    )
 
     hint = "pass a folder saved with save_pretrained, a Hub id (user/model) or an official .pkl checkpoint"
     if _is_default(name_or_path):
@@ -72,7 +64,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, **kwargs):
     if path.is_file():
         if path.suffix != ".pkl":
             raise ModelNotFoundError(f"model {text}: a file that is not a .pkl checkpoint; {hint}")
-        return CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint(str(path), **kwargs)
+        return load_crystalformer_checkpoint(str(path), **kwargs)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"model {text}: the folder has no config.json; {hint}")
@@ -90,15 +82,13 @@ def load_model(name_or_path: str | os.PathLike | None = None, **kwargs):
         raise ModelNotFoundError(f"model {text}: no such folder or file, and not a Hub id; {hint}")
     try:
         if hub_checkpoint:
-            return CrystalFormerForCrystalGeneration.from_crystalformer_checkpoint(
-                text if text in OFFICIAL_CHECKPOINTS else repo, **kwargs
-            )
+            return load_crystalformer_checkpoint(text if text in OFFICIAL_CHECKPOINTS else repo, **kwargs)
         return CrystalFormerForCrystalGeneration.from_pretrained(text, **kwargs)
     except OSError as exc:  # offline, unknown repository, missing file: all OSError subclasses on the Hub path
         reason = (
             "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache"
-            if _hub_offline()
-            else _first_line(exc)
+            if hub_offline()
+            else first_line(exc)
         )
         raise ModelNotFoundError(f"model {text}: no such folder or file, and {reason}; {hint}") from exc
 

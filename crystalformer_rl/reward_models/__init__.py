@@ -1,4 +1,4 @@
-"""Reward models for crystal RL: TRL reward callables that also compute physical properties.
+"""Reward models for crystal RL: TRL reward callables, thin layers over the physics of :mod:`crystalformer_rl.materials`.
 
 Every reward is a :class:`CrystalReward`: ``reward(prompts, completions, completion_ids, **kwargs)`` follows
 TRL's reward-function protocol (one float or ``None`` per completion) and ``reward.compute(structures)`` returns
@@ -15,84 +15,52 @@ Example::
     sun = SUNReward(penalty=1.0)               # -E_hull, minus 1 for a training-corpus crystal or a repeat
 """
 
-from ..devices import DeviceError, resolve_device
-from .base import (
-    CallStats,
-    CrystalReward,
-    Failure,
-    as_structure,
-    check_structure,
-    iter_rewards,
-    share_caches,
-    structure_fingerprint,
-)
-from .combine import (
-    FigureOfMeritReward,
-    ProductReward,
-    StabilityReward,
-    StableFigureOfMeritReward,
-    ThresholdReward,
-    WeightedSumReward,
-)
-from .ehull import EhullReward, EnergyScaleMismatchError
-from .energy import (
-    ASEEnergyModel,
-    CHGNetEnergyModel,
-    EnergyModel,
-    MACEEnergyModel,
-    MatGLEnergyModel,
-    MatterSimEnergyModel,
-    ModelUnavailableError,
-    OrbEnergyModel,
-    RelaxResult,
-    SevenNetEnergyModel,
-    load_energy_model,
-    mp2020_corrected_energies,
-    relax_structure,
-)
-from .hull import ReferenceHull
-from .novelty import NoveltyReward, NoveltyVerdict, StructureArchive, SUNReward
-from .properties import BandGapReward, DielectricReward, MatGLPropertyModel
+from ..utils import lazy_exports
 
 
-__all__ = [
-    "ASEEnergyModel",
-    "BandGapReward",
-    "CHGNetEnergyModel",
-    "CallStats",
-    "CrystalReward",
-    "DeviceError",
-    "DielectricReward",
-    "EhullReward",
-    "EnergyModel",
-    "EnergyScaleMismatchError",
-    "Failure",
-    "FigureOfMeritReward",
-    "MACEEnergyModel",
-    "MatGLEnergyModel",
-    "MatGLPropertyModel",
-    "MatterSimEnergyModel",
-    "ModelUnavailableError",
-    "NoveltyReward",
-    "NoveltyVerdict",
-    "OrbEnergyModel",
-    "ProductReward",
-    "ReferenceHull",
-    "RelaxResult",
-    "SUNReward",
-    "SevenNetEnergyModel",
-    "StabilityReward",
-    "StableFigureOfMeritReward",
-    "StructureArchive",
-    "ThresholdReward",
-    "WeightedSumReward",
-    "as_structure",
-    "check_structure",
-    "iter_rewards",
-    "load_energy_model",
-    "mp2020_corrected_energies",
-    "relax_structure",
-    "resolve_device",
-    "share_caches",
-    "structure_fingerprint",
-]
+_EXPORTS = {
+    "DeviceError": "..devices",
+    "resolve_device": "..devices",
+    "ReferenceHull": "..materials.hull",
+    "ASEEnergyModel": "..materials.potentials",
+    "CHGNetEnergyModel": "..materials.potentials",
+    "EnergyModel": "..materials.potentials",
+    "MACEEnergyModel": "..materials.potentials",
+    "MatGLEnergyModel": "..materials.potentials",
+    "MatterSimEnergyModel": "..materials.potentials",
+    "ModelUnavailableError": "..materials.potentials",
+    "OrbEnergyModel": "..materials.potentials",
+    "SevenNetEnergyModel": "..materials.potentials",
+    "load_energy_model": "..materials.potentials",
+    "mp2020_corrected_energies": "..materials.potentials",
+    "MatGLPropertyModel": "..materials.properties",
+    "RelaxResult": "..materials.relaxation",
+    "relax_structure": "..materials.relaxation",
+    "CallStats": ".base",
+    "CrystalReward": ".base",
+    "Failure": ".base",
+    "as_structure": ".base",
+    "check_structure": ".base",
+    "iter_rewards": ".base",
+    "share_caches": ".base",
+    "structure_fingerprint": ".base",
+    "FigureOfMeritReward": ".combine",
+    "ProductReward": ".combine",
+    "StabilityReward": ".combine",
+    "StableFigureOfMeritReward": ".combine",
+    "ThresholdReward": ".combine",
+    "WeightedSumReward": ".combine",
+    "EhullReward": ".ehull",
+    "EnergyScaleMismatchError": ".ehull",
+    "NoveltyReward": ".novelty",
+    "NoveltyVerdict": ".novelty",
+    "SUNReward": ".novelty",
+    "StructureArchive": ".novelty",
+    "BandGapReward": ".properties",
+    "DielectricReward": ".properties",
+    "REWARDS": ".registry",
+    "load_reward": ".registry",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

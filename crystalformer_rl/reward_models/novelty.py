@@ -10,11 +10,11 @@ already produced (*duplicates*), so RL toward stability is not paid for collapsi
   as the figure of merit). This is the callable to train with (``configs/rl_ehull_sun.yaml``).
 * :class:`StructureArchive` — the bounded memory of produced structures behind the duplicate test.
 
-Matching is that of :mod:`crystalformer_rl.evaluation.matching`, which judges the S.U.N. rate of a run: pymatgen's
+Matching is that of :mod:`crystalformer_rl.materials.matching`, which judges the S.U.N. rate of a run: pymatgen's
 ``StructureMatcher`` (defaults: ltol 0.2, stol 0.3, angle_tol 5°), only against structures of the same reduced
 composition; the reference test is ``ReferenceIndex.check`` itself (composition look-up first, matcher only on
 same-formula references), and an undecided test (the matcher failed) counts as known, as evaluation counts it
-as not novel. ``crystalformer_rl.evaluation`` is imported lazily (inside functions): it imports this package.
+as not novel.
 
 Known takes precedence over duplicate, and only novel crystals enter the archive: a crystal of the corpus is
 ``known`` every time it is produced, a new one is ``novel`` the first time and ``duplicate`` afterwards.
@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
-from pymatgen.core import Element, Lattice, Structure
+from pymatgen.core import Structure
 
+from ..materials.archive import StructureArchive, composition_key
+from ..materials.matching import ReferenceIndex
+from ..materials.structures import without_oxidation_states
 from .base import CallStats, CrystalReward, Failure, as_structure, check_structure, structure_fingerprint
 from .ehull import EhullReward
 
@@ -75,18 +77,6 @@ class NoveltyVerdict:
     error: str | None = None
 
 
-def composition_key(structure: Structure) -> str:
-    """Reduced formula without oxidation states: the bucket key, as ``evaluation.matching.reduced_formula``."""
-    return structure.composition.element_composition.reduced_formula
-
-
-def _without_oxidation_states(structure: Structure) -> Structure:
-    if any(not isinstance(sp, Element) for sp in structure.species):
-        structure = structure.copy()
-        structure.remove_oxidation_states()
-    return structure
-
-
 def _prepare(obj: Any, min_distance: float, max_atoms: int) -> Structure | Failure:
     """The structure of a completion, or why it cannot be tested (the same rules as every reward's)."""
     try:
@@ -99,7 +89,7 @@ def _prepare(obj: Any, min_distance: float, max_atoms: int) -> Structure | Failu
         return Failure(f"invalid structure: {type(exc).__name__}: {exc}")
     if why is not None:
         return Failure(why)
-    return _without_oxidation_states(s)
+    return without_oxidation_states(s)
 
 
 def _penalty(value: Any, what: str) -> float:
@@ -107,182 +97,6 @@ def _penalty(value: Any, what: str) -> float:
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{what} must be a finite number >= 0, not {value!r}")
     return v
-
-
-# ============================================================================================ archive
-class _Entry:
-    """One archived structure, stored compactly (lattice, species, fractional coordinates: ~1 kB)."""
-
-    __slots__ = ("formula", "lattice", "species", "frac")
-
-    def __init__(self, formula: str, lattice: np.ndarray, species: tuple[str, ...], frac: np.ndarray) -> None:
-        self.formula, self.lattice, self.species, self.frac = formula, lattice, species, frac
-
-    @classmethod
-    def of(cls, structure: Structure, formula: str) -> _Entry:
-        return cls(
-            formula,
-            np.array(structure.lattice.matrix, dtype=np.float64),
-            tuple(str(sp) for sp in structure.species),
-            np.array(structure.frac_coords, dtype=np.float64),
-        )
-
-    def structure(self) -> Structure:
-        return Structure(Lattice(self.lattice), list(self.species), self.frac)
-
-
-class StructureArchive:
-    """A bounded memory of structures, bucketed by reduced composition, for "produced before?" look-ups.
-
-    :meth:`find` compares a query with the archived structures of its reduced composition only (an identical cell
-    is found by its :func:`structure_fingerprint` without matching), most recently stored or matched first, with
-    ``StructureMatcher``; :meth:`add` stores one. Memory is bounded twice: ``max_size`` structures in all and
-    ``max_per_composition`` per reduced composition (which also bounds the matcher calls per query).
-
-    Args:
-        max_size: structures kept in all; ``0`` keeps none (nothing is ever a duplicate).
-        max_per_composition: structures kept per reduced composition (``None``: only ``max_size`` applies).
-        policy: which structure goes when a bound is hit: ``"lru"`` (default; a structure matched again counts as
-            recent, so motifs the policy keeps producing stay remembered) or ``"fifo"`` (the oldest stored).
-        matcher: the ``StructureMatcher`` (default: pymatgen's defaults, as evaluation).
-    """
-
-    def __init__(
-        self,
-        max_size: int = 10_000,
-        max_per_composition: int | None = 32,
-        policy: str = "lru",
-        matcher: StructureMatcher | None = None,
-    ) -> None:
-        if policy not in ("lru", "fifo"):
-            raise ValueError(f"archive policy must be 'lru' or 'fifo', not {policy!r}")
-        self.max_size = max(int(max_size), 0)
-        self.max_per_composition = None if max_per_composition is None else max(int(max_per_composition), 0)
-        self.policy = policy
-        self.matcher = matcher if matcher is not None else StructureMatcher()
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # key -> entry, eviction order (oldest first)
-        self._by_formula: dict[str, OrderedDict[str, None]] = {}  # formula -> keys, eviction order
-        self.n_evicted = 0
-        self.n_comparisons = 0  # StructureMatcher.fit calls made by find
-        self.n_matcher_errors = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def n_compositions(self) -> int:
-        return len(self._by_formula)
-
-    @property
-    def enabled(self) -> bool:
-        return self.max_size > 0 and self.max_per_composition != 0
-
-    def sizes(self) -> dict[str, int]:
-        """Archived structures per reduced composition."""
-        return {formula: len(keys) for formula, keys in self._by_formula.items()}
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._by_formula.clear()
-
-    def find(
-        self,
-        structure: Structure,
-        formula: str | None = None,
-        fingerprint: str | None = None,
-        touch: bool = True,
-    ) -> str | None:
-        """Key of an archived structure matching ``structure`` (same reduced composition), ``None`` if none does.
-
-        A matcher error on a pair counts as "no match" (as in ``evaluation.matching.deduplicate``). With ``touch``
-        and the ``"lru"`` policy the match becomes the most recent entry.
-        """
-        if not self._entries:
-            return None
-        formula = composition_key(structure) if formula is None else formula
-        key = structure_fingerprint(structure) if fingerprint is None else fingerprint
-        hit = key if key in self._entries else None
-        if hit is None:
-            for candidate in reversed(list(self._by_formula.get(formula, ()))):
-                self.n_comparisons += 1
-                if self._fit(self._entries[candidate].structure(), structure):
-                    hit = candidate
-                    break
-        if hit is not None and touch and self.policy == "lru":
-            self._touch(hit)
-        return hit
-
-    def add(self, structure: Structure, formula: str | None = None, fingerprint: str | None = None) -> str:
-        """Store ``structure`` (no matching: call :meth:`find` first); returns its key (its fingerprint)."""
-        formula = composition_key(structure) if formula is None else formula
-        key = structure_fingerprint(structure) if fingerprint is None else fingerprint
-        if key in self._entries:
-            if self.policy == "lru":
-                self._touch(key)
-            return key
-        self._insert(key, _Entry.of(structure, formula))
-        return key
-
-    def _insert(self, key: str, entry: _Entry) -> None:
-        if not self.enabled:
-            return
-        self._entries[key] = entry
-        bucket = self._by_formula.setdefault(entry.formula, OrderedDict())
-        bucket[key] = None
-        if self.max_per_composition is not None and len(bucket) > self.max_per_composition:
-            self._evict(next(iter(bucket)))
-        while len(self._entries) > self.max_size:
-            self._evict(next(iter(self._entries)))
-
-    def _touch(self, key: str) -> None:
-        self._entries.move_to_end(key)
-        self._by_formula[self._entries[key].formula].move_to_end(key)
-
-    def _evict(self, key: str) -> None:
-        entry = self._entries.pop(key)
-        bucket = self._by_formula[entry.formula]
-        bucket.pop(key, None)
-        if not bucket:
-            del self._by_formula[entry.formula]
-        self.n_evicted += 1
-
-    def _fit(self, a: Structure, b: Structure) -> bool:
-        from ..evaluation.matching import fit_or_reason  # lazily: evaluation imports reward_models
-
-        matched, reason = fit_or_reason(self.matcher, a, b)
-        if reason is not None:  # a degenerate cell must not end a training step
-            self.n_matcher_errors += 1
-            logger.debug("not matched in the archive: %s", reason)
-        return matched
-
-    # ------------------------------------------------------------------ persistence (e.g. beside a checkpoint)
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable content, oldest first (:meth:`load_state_dict` restores the eviction order)."""
-        return {
-            "version": 1,
-            "entries": [
-                {
-                    "key": key,
-                    "formula": e.formula,
-                    "lattice": e.lattice.tolist(),
-                    "species": list(e.species),
-                    "frac_coords": e.frac.tolist(),
-                }
-                for key, e in self._entries.items()
-            ],
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace the content by ``state`` (bounds of this archive apply; the oldest entries go first)."""
-        self.clear()
-        for row in state.get("entries", []):
-            entry = _Entry(
-                str(row["formula"]),
-                np.asarray(row["lattice"], dtype=np.float64).reshape(3, 3),
-                tuple(str(x) for x in row["species"]),
-                np.asarray(row["frac_coords"], dtype=np.float64).reshape(-1, 3),
-            )
-            self._insert(str(row["key"]), entry)
 
 
 # ============================================================================================ reference
@@ -300,8 +114,6 @@ def load_reference(reference: Any, column: str | None = None) -> Any:
         return None
     if callable(getattr(reference, "check", None)):
         return reference
-    from ..evaluation.matching import ReferenceIndex  # lazily: evaluation imports reward_models
-
     if isinstance(reference, str) and reference == "default":
         from ..pretrained import model_reference
 
@@ -440,7 +252,7 @@ class NoveltyReward(CrystalReward):
     def classify(self, structures: Sequence[Structure], record: bool = True) -> list[NoveltyVerdict]:
         """One verdict per structure, in input order; never raises on one crystal (``"error"`` instead).
 
-        Greedy, like ``evaluation.matching.deduplicate``: with ``record=True`` (what scoring does) each novel
+        Greedy, like ``materials.matching.deduplicate``: with ``record=True`` (what scoring does) each novel
         crystal enters the archive before the next one is tested, so of several matching crystals the first is
         novel and the others duplicates. ``record=False`` only looks (the archive and its order stay as they are).
         """
@@ -455,7 +267,7 @@ class NoveltyReward(CrystalReward):
         return out
 
     def _classify_one(self, structure: Structure, record: bool) -> NoveltyVerdict:
-        s = _without_oxidation_states(as_structure(structure))
+        s = without_oxidation_states(as_structure(structure))
         if len(s.composition.elements) < self.min_elements:
             return NoveltyVerdict(KNOWN, match=f"fewer than {self.min_elements} elements")
         formula = composition_key(s)
@@ -494,9 +306,6 @@ class NoveltyReward(CrystalReward):
         return result
 
     # ----------------------------------------------------------------- CrystalReward protocol
-    def _compute_batch(self, structures: list[Structure]) -> list[float | Failure]:  # pragma: no cover - unused
-        raise NotImplementedError("NoveltyReward scores in compute_with_reasons (it must see every repeat)")
-
     def compute_with_reasons(self, structures: Sequence[Any]) -> list[float | Failure]:
         """The value of each crystal (table above; :class:`Failure` where it cannot be tested); records the novel ones.
 
@@ -666,9 +475,6 @@ class SUNReward(CrystalReward):
         self.last_verdicts: list[NoveltyVerdict | None] = []
         self.last_child_values: list[float | Failure] = []
         self._novelty_seconds = 0.0
-
-    def _compute_batch(self, structures: list[Structure]) -> list[float | Failure]:  # pragma: no cover - unused
-        raise NotImplementedError("SUNReward scores in compute_with_reasons (novelty must see every repeat)")
 
     def compute_with_reasons(self, structures: Sequence[Any]) -> list[float | Failure]:
         """The combined reward per crystal (see the class docstring); records the novel, scorable ones."""

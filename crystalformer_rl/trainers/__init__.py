@@ -1,27 +1,24 @@
 """Trainers: reinforcement fine-tuning (TRL RLOO with an EMA baseline), preference optimisation (DPO) and
 maximum-likelihood pretraining. Their command line is :mod:`crystalformer_rl.commands.train`."""
 
-from .crystal_dpo_config import CrystalDPOConfig
-from .crystal_dpo_trainer import CrystalDPOTrainer
-from .crystal_rloo_config import CrystalRLConfig
-from .crystal_rloo_trainer import CrystalRLOOTrainer, space_group_prompts
-from .pretrain_config import CrystalPretrainConfig
-from .pretrain_trainer import CrystalPretrainer, PaddingCollator, plot_loss_curves
-from .utils import MODEL_SIZES, fill_prompts, training_space_groups, write_model_reference
+from ..utils import lazy_exports
 
 
-__all__ = [
-    "MODEL_SIZES",
-    "CrystalDPOConfig",
-    "CrystalDPOTrainer",
-    "CrystalPretrainConfig",
-    "CrystalPretrainer",
-    "CrystalRLConfig",
-    "CrystalRLOOTrainer",
-    "PaddingCollator",
-    "fill_prompts",
-    "plot_loss_curves",
-    "space_group_prompts",
-    "training_space_groups",
-    "write_model_reference",
-]
+_EXPORTS = {
+    "CrystalDPOConfig": ".crystal_dpo_config",
+    "CrystalDPOTrainer": ".crystal_dpo_trainer",
+    "CrystalRLConfig": ".crystal_rloo_config",
+    "CrystalRLOOTrainer": ".crystal_rloo_trainer",
+    "space_group_prompts": ".crystal_rloo_trainer",
+    "CrystalPretrainConfig": ".pretrain_config",
+    "CrystalPretrainer": ".pretrain_trainer",
+    "PaddingCollator": ".pretrain_trainer",
+    "plot_loss_curves": ".pretrain_trainer",
+    "MODEL_SIZES": ".utils",
+    "fill_prompts": ".utils",
+    "training_space_groups": ".utils",
+    "write_model_reference": ".utils",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

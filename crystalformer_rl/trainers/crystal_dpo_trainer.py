@@ -36,10 +36,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
-from ..tokenization import CrystalCollator, CrystalTokenizer
+from ..tokenization import TOKEN_FIELDS, CrystalCollator, CrystalTokenizer
 from ..utils import atomic_write_with
 from .crystal_dpo_config import CrystalDPOConfig
-from .crystal_rloo_trainer import TOKEN_KEYS, prepare_policy
+from .crystal_rloo_trainer import prepare_policy
 from .dpo_pairs import PAIR_COLUMNS, pair_tokens, pairs_dataset
 
 
@@ -142,7 +142,7 @@ def reference_logps(model, dataset, collator: PairCollator, batch_size: int, dev
             columns = dataset[start : start + batch_size]
             rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
             batch = collator(rows)
-            logp = model(**{k: batch[k].to(device) for k in TOKEN_KEYS}, output_logits=False).logp
+            logp = model(**{k: batch[k].to(device) for k in TOKEN_FIELDS}, output_logits=False).logp
             c, r = logp.double().cpu().chunk(2)
             chosen.append(c.numpy())
             rejected.append(r.numpy())
@@ -243,7 +243,7 @@ class CrystalDPOTrainer(Trainer):
 
     # --------------------------------------------------------------------------------------------- the loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps = model(**{k: inputs[k] for k in TOKEN_KEYS}, output_logits=False).logp.float()
+        logps = model(**{k: inputs[k] for k in TOKEN_FIELDS}, output_logits=False).logp.float()
         chosen, rejected = logps.chunk(2)
         ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         loss, _, losses = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, **self._loss_kwargs)
@@ -278,7 +278,7 @@ class CrystalDPOTrainer(Trainer):
             if dataset is not None:
                 rows = []
                 for batch in self.get_eval_dataloader(dataset):
-                    logp = model(**{k: batch[k] for k in TOKEN_KEYS}, output_logits=False).logp.double()
+                    logp = model(**{k: batch[k] for k in TOKEN_FIELDS}, output_logits=False).logp.double()
                     chosen, rejected = logp.chunk(2)
                     stacked = torch.stack([chosen, rejected, batch[REF_COLUMNS[0]], batch[REF_COLUMNS[1]]], 1)
                     rows.append(self.accelerator.gather_for_metrics(stacked))
@@ -306,7 +306,7 @@ class CrystalDPOTrainer(Trainer):
         device = self.accelerator.device
         with self.accelerator.autocast():  # as the forward (accelerate's autocast wrapper) under bf16
             out = policy.sample(space_group=self._kl_space_groups.to(device), seed=self.args.seed)
-        tokens = {k: getattr(out, k).to(device) for k in TOKEN_KEYS}
+        tokens = {k: getattr(out, k).to(device) for k in TOKEN_FIELDS}
         tokens["XYZ"], tokens["L"] = tokens["XYZ"].float(), tokens["L"].float()
         logp = policy(**tokens, output_logits=False).logp.double()
         ref = self.kl_reference(**tokens, output_logits=False).logp.double()

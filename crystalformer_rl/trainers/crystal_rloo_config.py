@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from trl import RLOOConfig
 
-from ..modeling_crystalformer import SamplingOptions
 from .precision import PIN_MEMORY_HELP, TF32_HELP, pin_memory_only_on_cuda
+
+
+if TYPE_CHECKING:  # the model is imported when sampling options are built, not to parse a config
+    from ..modeling_crystalformer import SamplingOptions
 
 
 def parse_clip_range(value) -> tuple[float, float] | None:
@@ -179,6 +183,8 @@ class CrystalRLConfig(RLOOConfig):
 
     def sampling_options(self) -> SamplingOptions:
         """How the policy samples its crystals: ``policy.sample(groups, sampling_options=args.sampling_options())``."""
+        from ..modeling_crystalformer import SamplingOptions
+
         return SamplingOptions(temperature=self.temperature, top_p=self.top_p, elements=self.elements)
 
     def _check_save_steps(self):

@@ -37,6 +37,8 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.utils import logging
 from trl import RLOOTrainer
 
+from ..materials.matching import deduplicate
+from ..materials.validity import check_composition_validity, check_structure_validity
 from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
 from ..tokenization import TOKEN_FIELDS, CrystalTokenizer, CrystalTokens, WyckoffTables
 from ..utils import atomic_write_bytes, atomic_write_text
@@ -48,7 +50,6 @@ EMA_STATE_NAME = "ema_baseline.json"
 # The state of stateful reward functions (e.g. the S.U.N.-aware reward's archive of produced crystals), one file per
 # process since each rank keeps its own: reward_state.json.gz on rank 0, reward_state-rank<i>.json.gz on rank i.
 REWARD_STATE_NAME = "reward_state{suffix}.json.gz"
-TOKEN_KEYS = TOKEN_FIELDS  # the token arrays, in the model's order
 TRL_UNSCORABLE_WARNING = "at least one reward function returns a valid reward"
 
 
@@ -204,9 +205,9 @@ class CrystalRLOOTrainer(RLOOTrainer):
                 # ranks, which the Trainer seeds identically.
                 seed = (int(torch.randint(0, 2**62, (1,))) + 1_000_003 * self.accelerator.process_index) % 2**62
                 out = policy.sample(space_group=space_groups, seed=seed, sampling_options=self.args.sampling_options())
-                tokens = {k: getattr(out, k) for k in TOKEN_KEYS}
+                tokens = {k: getattr(out, k) for k in TOKEN_FIELDS}
         device = self.accelerator.device
-        tokens = {k: torch.as_tensor(tokens[k]).to(device) for k in TOKEN_KEYS}
+        tokens = {k: torch.as_tensor(tokens[k]).to(device) for k in TOKEN_FIELDS}
         # Trim the padding shared by every crystal (keep one site for the lattice read-out).
         length = min(int((tokens["W"] > 0).sum(1).max()) + 1, tokens["W"].shape[1])
         for k in ("W", "A", "XYZ"):
@@ -217,7 +218,7 @@ class CrystalRLOOTrainer(RLOOTrainer):
 
     @torch.no_grad()
     def _sequence_logp(self, model, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(**{k: tokens[k] for k in TOKEN_KEYS}, output_logits=False).logp.float()
+        return model(**{k: tokens[k] for k in TOKEN_FIELDS}, output_logits=False).logp.float()
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
@@ -232,7 +233,7 @@ class CrystalRLOOTrainer(RLOOTrainer):
         ref_logps = self._sequence_logp(self.ref_model, tokens)
 
         # Each completion decodes its structure once (cached): the rewards and the crystal metrics share it.
-        completions = CrystalTokens.from_batch(*(tokens[k] for k in TOKEN_KEYS))
+        completions = CrystalTokens.from_batch(*(tokens[k] for k in TOKEN_FIELDS))
         start = time.perf_counter()
         rewards_per_func = self._calculate_rewards(inputs, prompts, completions, [None] * len(prompts))
         scoring_s = time.perf_counter() - start
@@ -362,9 +363,6 @@ class CrystalRLOOTrainer(RLOOTrainer):
         """Validity, uniqueness and single-element share of the global batch, with the definitions of
         ``crystalformer-rl evaluate`` (fractions of all sampled crystals): a stable fraction alone cannot tell
         progress from a collapse onto a few motifs."""
-        from ..evaluation.matching import deduplicate
-        from ..evaluation.validity import check_composition_validity, check_structure_validity
-
         start = time.perf_counter()
         structures, struct_ok, comp_ok, single = [], [], [], []
         for crystal in completions:
@@ -395,7 +393,7 @@ class CrystalRLOOTrainer(RLOOTrainer):
     # ------------------------------------------------------------------------------------------- the loss
     def _compute_loss(self, model, inputs):
         start = time.perf_counter()
-        logps = model(**{k: inputs[k] for k in TOKEN_KEYS}, output_logits=False).logp.float()
+        logps = model(**{k: inputs[k] for k in TOKEN_FIELDS}, output_logits=False).logp.float()
         advantages = inputs["advantages"]
         if self.args.kl_in_loss:  # reference code: KL with gradient inside the advantage (not on uncounted crystals)
             advantages = advantages - self.beta * (logps - inputs["ref_logps"]) * inputs["counted"]

@@ -27,13 +27,14 @@ import numpy as np
 import pandas as pd
 
 from .. import sampling
+from ..materials.ehull import default_relax_fn
+from ..materials.relaxation import relax_structures
 from ..tokenization import TOKEN_FIELDS, CrystalTokenizationError, CrystalTokenizer, CrystalTokens, is_token_string
 from ..utils import atomic_write_table, atomic_write_text
 
 
 SIDES = ("chosen", "rejected")
-TOKEN_KEYS = TOKEN_FIELDS
-PAIR_COLUMNS = tuple(f"{side}_{key}" for side in SIDES for key in TOKEN_KEYS)
+PAIR_COLUMNS = tuple(f"{side}_{key}" for side in SIDES for key in TOKEN_FIELDS)
 FAILURE_COLUMNS = ["id", "side", "error_type", "error"]
 PAIRS_FILE, FAILURES_FILE, SUMMARY_FILE = "pairs.parquet", "pair_failures.csv", "pairs_summary.json"
 
@@ -46,7 +47,7 @@ def as_crystal_tokens(crystal: Any, tokenizer: CrystalTokenizer, name: str | Non
     """Tokens of one crystal in any of the forms the module docstring lists."""
     if isinstance(crystal, CrystalTokens):
         return crystal
-    if isinstance(crystal, Mapping) and all(k in crystal for k in TOKEN_KEYS):
+    if isinstance(crystal, Mapping) and all(k in crystal for k in TOKEN_FIELDS):
         return CrystalTokens.from_dict(crystal, tokenizer.n_max)
     if crystal is None or (isinstance(crystal, float) and math.isnan(crystal)):
         raise CrystalTokenizationError(f"{name or 'crystal'}: missing value")
@@ -70,7 +71,7 @@ def pair_row(chosen: CrystalTokens, rejected: CrystalTokens) -> dict[str, Any]:
 
 def pair_tokens(row: Mapping[str, Any], side: str, n_max: int = 21) -> CrystalTokens:
     """One side of a pair row back as ``CrystalTokens``."""
-    return CrystalTokens.from_sites(*(row[f"{side}_{k}"] for k in TOKEN_KEYS), n_max=n_max)
+    return CrystalTokens.from_sites(*(row[f"{side}_{k}"] for k in TOKEN_FIELDS), n_max=n_max)
 
 
 def pairs_from_table(
@@ -259,10 +260,9 @@ def build_relaxation_pairs(
     """Samples against their relaxed selves: chosen = relaxed (re-tokenized), rejected = as sampled.
 
     A sample that cannot be decoded or relaxed, or whose relaxed structure cannot be tokenized, is skipped and
-    reported. ``relax_fn`` as :func:`crystalformer_rl.evaluation.stability.relax_structures` takes it.
+    reported. ``relax_fn`` as :func:`crystalformer_rl.materials.relax_structures` takes it (default: the default
+    E_hull potential, :func:`~crystalformer_rl.materials.ehull.default_relax_fn`).
     """
-    from ..evaluation.stability import relax_structures
-
     if crystals is None:
         crystals = sample_crystals(model, space_groups, batch_size=batch_size, seed=seed, **sample_kwargs)
     crystals = list(crystals)
@@ -275,6 +275,7 @@ def build_relaxation_pairs(
             failures.append(
                 {"id": f"sample-{i:06d}", "side": "rejected", "error_type": type(exc).__name__, "error": str(exc)}
             )
+    relax_fn = relax_fn or default_relax_fn(fmax=fmax, steps=steps)
     relaxed, _, reasons = relax_structures(structures, relax_fn=relax_fn, fmax=fmax, steps=steps, progress=False)
     keep = [i for i, s in enumerate(relaxed) if s is not None]
     failures += [

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..materials.ehull import compute_ehull, default_relax_fn
+from ..materials.relaxation import relax_structures
+
 
 def select_stable(structures, ehull_threshold, relax=True, fmax=0.1, steps=500, ehull_fn=None, relax_fn=None):
     """(indices of the kept crystals, their structures (relaxed if ``relax``), their E_hull, counts): relax, score,
     keep E_hull < threshold."""
-    from ..evaluation.stability import compute_ehull, relax_structures
-
     if relax:
+        relax_fn = relax_fn or default_relax_fn(fmax=fmax, steps=steps)
         structures, _, _ = relax_structures(structures, relax_fn=relax_fn, fmax=fmax, steps=steps)
     ehull, _ = compute_ehull(structures, ehull_fn=ehull_fn)
     kept = [

@@ -48,7 +48,7 @@ def fill_prompts(groups: list[int], config) -> list[int]:
 def write_model_reference(train, output_dir: Path) -> Path:
     """Save the training crystals beside the model (``reference_corpus.csv.gz``, token strings, ~80 bytes each), so
     ``evaluate`` judges the novelty of its samples against what it was trained on."""
-    from ..evaluation.matching import reference_table, write_reference_table
+    from ..materials.matching import reference_table, write_reference_table
     from ..pretrained import REFERENCE_FILES
 
     arrays = train.select_columns(["G", "W", "A", "XYZ", "L"]).to_list()

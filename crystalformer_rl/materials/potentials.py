@@ -14,7 +14,8 @@ An :class:`EnergyModel` turns structures into total energies (eV per cell). Each
 
 Fast batched paths exist for CHGNet, matgl potentials and SevenNet; any ASE calculator works through
 :class:`ASEEnergyModel`. Orb, MACE and MatterSim are optional adapters that download their weights at run
-time; they raise :class:`ModelUnavailableError` with a clear message when that is impossible.
+time; they raise :class:`ModelUnavailableError` with a clear message when that is impossible. Every model relaxes
+through :mod:`.relaxation` (``relax_many``: FIRE in lockstep on the model's batched forces).
 
 Every model built here takes ``device`` (default ``"auto"``: the rank's CUDA device when there is one, else the
 CPU; see :func:`crystalformer_rl.devices.resolve_device`), so under ``accelerate launch`` each rank scores its own
@@ -30,16 +31,15 @@ import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase.calculators.calculator import Calculator
 from pymatgen.core import Element, Structure
 
 from ..devices import resolve_device
+from .relaxation import RelaxResult, calculator_efs, relax_in_lockstep
 
 
 logger = logging.getLogger(__name__)
@@ -53,12 +53,10 @@ __all__ = [
     "MatterSimEnergyModel",
     "ModelUnavailableError",
     "OrbEnergyModel",
-    "RelaxResult",
     "SevenNetEnergyModel",
     "load_chgnet",
     "load_energy_model",
     "mp2020_corrected_energies",
-    "relax_structure",
 ]
 
 R2SCAN = "r2scan"
@@ -71,16 +69,6 @@ _MP_ELEMENTS: frozenset[str] | None = None
 
 class ModelUnavailableError(RuntimeError):
     """An optional model is not installed, or its weights cannot be fetched (e.g. no internet)."""
-
-
-@dataclass
-class RelaxResult:
-    """Outcome of an MLIP relaxation (FIRE on positions and cell)."""
-
-    structure: Structure
-    energy: float
-    converged: bool
-    steps: int
 
 
 class EnergyModel(ABC):
@@ -109,21 +97,10 @@ class EnergyModel(ABC):
     def batch_size(self) -> int:
         return 16
 
-    def relax(self, structure: Structure, fmax: float = 0.1, steps: int = 500) -> RelaxResult:
-        """Relax positions and cell with this model (ASE FIRE + FrechetCellFilter)."""
-        return relax_structure(structure, self.ase_calculator(), fmax=fmax, steps=steps)
-
     def predict_efs(self, structures: Sequence[Structure]) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """Energy (eV), forces (n, 3) eV/Å and stress (ASE convention, eV/Å^3) per structure; raise on failure.
         One at a time through the ASE calculator here; models with a batched forward override it."""
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        calculator, out = self.ase_calculator(), []
-        for structure in structures:
-            atoms = AseAtomsAdaptor.get_atoms(structure)
-            atoms.calc = calculator
-            out.append((float(atoms.get_potential_energy()), atoms.get_forces(), atoms.get_stress(voigt=False)))
-        return out
+        return calculator_efs(self.ase_calculator())(structures)
 
     def relax_many(
         self, structures: Sequence[Structure], fmax: float = 0.1, steps: int = 500, on_done=None
@@ -132,129 +109,15 @@ class EnergyModel(ABC):
         batched `predict_efs` call per step for all unconverged structures (see :func:`relax_in_lockstep`)."""
         return relax_in_lockstep(structures, self.predict_efs, fmax=fmax, steps=steps, on_done=on_done)
 
+    def relax(self, structure: Structure, fmax: float = 0.1, steps: int = 500) -> RelaxResult:
+        """Relax positions and cell of one structure (:meth:`relax_many` of one); raises on failure."""
+        result = self.relax_many([structure], fmax=fmax, steps=steps)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, energy_scale={self.energy_scale!r})"
-
-
-def relax_structure(structure: Structure, calculator: Any, fmax: float = 0.1, steps: int = 500) -> RelaxResult:
-    """Relax a structure with any ASE calculator (FIRE on a FrechetCellFilter); returns structure and energy."""
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    atoms = AseAtomsAdaptor.get_atoms(structure)
-    atoms.calc = calculator
-    opt = FIRE(FrechetCellFilter(atoms), logfile=None)
-    converged = bool(opt.run(fmax=fmax, steps=steps))
-    energy = float(atoms.get_potential_energy())
-    relaxed = AseAtomsAdaptor.get_structure(atoms)
-    return RelaxResult(structure=relaxed, energy=energy, converged=converged, steps=int(opt.get_number_of_steps()))
-
-
-class _PrecomputedResults(Calculator):
-    """An ASE calculator that only returns what the lockstep driver stored for the current atoms."""
-
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
-
-    def calculate(self, atoms=None, properties=None, system_changes=None):
-        raise RuntimeError("atoms moved without a batched evaluation (lockstep relaxation bug)")
-
-    def store(self, atoms, energy: float, forces: np.ndarray, stress: np.ndarray) -> None:
-        self.atoms = atoms.copy()
-        self.results = {"energy": energy, "free_energy": energy, "forces": forces, "stress": stress}
-
-
-def relax_in_lockstep(
-    structures: Sequence[Structure], predict_efs, fmax: float = 0.1, steps: int = 500, on_done=None
-) -> list[RelaxResult | Exception]:
-    """Relax structures with ASE's own FIRE on a FrechetCellFilter each, stepping all of them together.
-
-    Each optimizer runs exactly as `FIRE(...).run(fmax, steps)` would (same convergence test, step count and
-    trajectory: the one-by-one result), but the forces and stresses of all unconverged structures come from one
-    `predict_efs(structures)` call per step, so a batched potential does the work of many calls in one. A
-    structure whose evaluation raises fails alone (its exception is its result). `on_done(index)` is called as
-    each structure finishes. Warnings (e.g. scipy's "logm result may be inaccurate" from the cell filter) are
-    counted and logged once.
-    """
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    n = len(structures)
-    results: list[RelaxResult | Exception | None] = [None] * n
-    atoms = [AseAtomsAdaptor.get_atoms(s) for s in structures]
-    calculators = [_PrecomputedResults() for _ in range(n)]
-    optimizers = []
-    for a, calc in zip(atoms, calculators):
-        a.calc = calc
-        opt = FIRE(FrechetCellFilter(a), logfile=None)
-        opt.fmax = fmax
-        optimizers.append(opt)
-
-    def finish(i: int, outcome) -> None:
-        results[i] = outcome
-        if on_done is not None:
-            on_done(i)
-
-    def evaluate(indices: list[int]) -> list[int]:
-        """Store energy, forces and stress for `indices`; return those that could be evaluated."""
-        try:
-            batch = predict_efs([AseAtomsAdaptor.get_structure(atoms[i]) for i in indices])
-            pairs = list(zip(indices, batch, strict=True))
-        except Exception:
-            if len(indices) == 1:
-                raise
-            pairs = []
-            for i in indices:  # isolate the structure that breaks the batch
-                try:
-                    pairs.append((i, predict_efs([AseAtomsAdaptor.get_structure(atoms[i])])[0]))
-                except Exception as exc:
-                    finish(i, exc)
-        ok = []
-        for i, (energy, forces, stress) in pairs:
-            if not (np.isfinite(energy) and np.all(np.isfinite(forces)) and np.all(np.isfinite(stress))):
-                finish(i, FloatingPointError("non-finite energy, forces or stress"))
-                continue
-            calculators[i].store(atoms[i], float(energy), np.asarray(forces, float), np.asarray(stress, float))
-            ok.append(i)
-        return ok
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        active = list(range(n))
-        try:
-            active = evaluate(active)
-        except Exception as exc:
-            active, results = [], [exc] * n
-        while active:
-            moved = []
-            for i in active:
-                opt = optimizers[i]
-                converged = opt.gradient_converged(opt.optimizable.get_gradient())
-                if converged or opt.nsteps >= steps:
-                    energy = float(atoms[i].get_potential_energy())
-                    relaxed = AseAtomsAdaptor.get_structure(atoms[i])
-                    finish(i, RelaxResult(structure=relaxed, energy=energy, converged=converged, steps=opt.nsteps))
-                    continue
-                opt.step()
-                opt.nsteps += 1
-                moved.append(i)
-            if len(moved) == 1:
-                try:
-                    active = evaluate(moved)
-                except Exception as exc:
-                    finish(moved[0], exc)
-                    active = []
-            else:
-                active = evaluate(moved) if moved else []
-    if caught:
-        counts: dict[str, int] = {}
-        for w in caught:
-            key = f"{w.category.__name__}: {str(w.message).splitlines()[0][:80]}"
-            counts[key] = counts.get(key, 0) + 1
-        summary = "; ".join(f"{k} (x{v})" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
-        logger.info("relaxation of %d structures: %d warnings: %s", n, len(caught), summary)
-    return results  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------------- ASE

@@ -31,7 +31,17 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 from tqdm.auto import tqdm
 
-from ..utils import HUB_REPO_ID
+from ..utils import HUB_REPO_ID, atomic_write_bytes, first_line, hub_offline
+from .io import (
+    ID_COLUMNS,
+    TOKEN_ARRAYS,
+    _column_values,
+    _crystal_column,
+    load_crystals,
+    read_table,
+    structure_from_record,
+    tokens_from_record,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -236,12 +246,8 @@ class ReferenceIndex:
         Raises:
             FileNotFoundError: no such file or folder, and not a Hub data set that can be loaded.
         """
-        from .io import ID_COLUMNS, _column_values, _crystal_column, read_table, structure_from_record
-
         path = Path(path).expanduser()
         if path.is_dir():  # e.g. a folder of CIFs
-            from .io import load_crystals
-
             loaded = load_crystals(path, progress=progress)
             kept = [(n, s) for n, s in zip(loaded.names, loaded.structures) if s is not None]
             return cls.from_structures([s for _, s in kept], name=str(path), ids=[n for n, _ in kept])
@@ -382,9 +388,7 @@ def _hub_reference_frame(name: str, split: str) -> pd.DataFrame:
 
         return load_dataset(repo, split=split).to_pandas()
     except (OSError, ValueError) as exc:  # offline, unknown repository, unknown split
-        from ..pretrained import _first_line, _hub_offline
-
-        reason = "the Hub is offline (HF_HUB_OFFLINE=1)" if _hub_offline() else _first_line(exc)
+        reason = "the Hub is offline (HF_HUB_OFFLINE=1)" if hub_offline() else first_line(exc)
         raise FileNotFoundError(
             f"reference {name}: no such file or folder, and the Hub data set could not be loaded ({reason}); "
             "pass a local table or folder of CIFs, or a reachable Hub id"
@@ -393,8 +397,6 @@ def _hub_reference_frame(name: str, split: str) -> pd.DataFrame:
 
 def _formula_of(value: Any, column: str) -> str:
     """Reduced formula of a table cell without building the structure when the text states it."""
-    from .io import TOKEN_ARRAYS, structure_from_record, tokens_from_record
-
     if column in ("tokens", TOKEN_ARRAYS):
         return Composition(tokens_from_record(value, column).formula).reduced_formula
     if isinstance(value, str) and not value.lstrip().startswith("{"):
@@ -466,8 +468,6 @@ def reference_table(records: Iterable[dict[str, Any]], ids: Iterable[str] | None
     One row per crystal: ``id``, ``reduced_formula`` (the cheap first test, so indexing parses nothing) and the
     token string (6 decimals), which decodes back to the structure. Rows that do not decode are dropped.
     """
-    from .io import TOKEN_ARRAYS, tokens_from_record
-
     records = list(records)
     ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(records))]
     rows = []
@@ -484,7 +484,5 @@ def reference_table(records: Iterable[dict[str, Any]], ids: Iterable[str] | None
 
 def write_reference_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write :func:`reference_table` output as a byte-reproducible ``.csv.gz`` (gzip level 9, no timestamp)."""
-    from .io import atomic_write_bytes
-
     data = gzip.compress(frame.to_csv(index=False).encode("utf-8"), compresslevel=9, mtime=0)
     return atomic_write_bytes(data, path)
