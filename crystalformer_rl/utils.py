@@ -6,8 +6,11 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def atomic_write_with(write: Callable[[Path], object], path: str | os.PathLike) -> Path:

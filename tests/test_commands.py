@@ -3,7 +3,10 @@ with underscores (the dashed spelling works, with one deprecation line), with th
 ``--config file.yaml``; and the one sampling-options dataclass the model, the CLI and the RL config share."""
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -182,3 +185,21 @@ def test_rl_config_sampling_options(tmp_path):
     assert config.sampling_options() == SamplingOptions(temperature=0.7, top_p=0.9)
     with pytest.raises(ValueError, match="top_p"):
         CrystalRLConfig(output_dir=str(tmp_path), use_cpu=True, top_p=0)
+
+
+def test_a_trainer_help_is_built_once_then_printed_without_importing_trl(tmp_path):
+    """``rl --help`` imports TRL, transformers and torch to list TrainingArguments the first time; later calls
+    print the stored text (issue 35: under 2 s) and import none of them."""
+    script = (
+        "import sys\n"
+        "from crystalformer_rl.commands import main\n"
+        "main(['rl', '--help'])\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "COLUMNS": "100"}
+    first, second = (
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+        for _ in range(2)
+    )
+    assert first.stderr.strip() == "['torch', 'transformers', 'trl']" and second.stderr.strip() == "[]"
+    assert first.stdout == second.stdout and "crystal options" in first.stdout and "--learning_rate" in first.stdout

@@ -23,12 +23,20 @@ import argparse
 import importlib
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError, one_line
-from .parser import CommandArguments, CommandParser
+from ..utils import lazy_exports
+from . import help_cache
+
+
+if TYPE_CHECKING:
+    from .parser import CommandParser
 
 
 __all__ = ["COMMANDS", "Command", "CommandArguments", "CommandParser", "build_parser", "main", "parse_args"]
+# the parser imports TRL: loaded to parse a command, not to print a stored --help
+__getattr__, _ = lazy_exports(__name__, {"CommandArguments": ".parser", "CommandParser": ".parser"})
 
 # What a user can fix from the message alone; anything else keeps its traceback (it is a bug).
 USAGE_ERRORS = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -109,6 +117,8 @@ def _load(path: str):
 
 def make_parser(command: str) -> CommandParser:
     """The parser of one command (its dataclasses' fields are its options)."""
+    from .parser import CommandParser
+
     spec = COMMANDS[command]
     return CommandParser(
         [_load(path) for path in spec.arguments],
@@ -166,11 +176,19 @@ def main(argv: list[str] | None = None) -> int:
         if command not in COMMANDS:
             build_parser().parse_args(argv)  # --help, or a one-line error naming the unknown command
             return 2
+        if help_cache.wants_help(argv[1:]) and (text := help_cache.read(command)) is not None:
+            print(text, end="")  # no import of the command's dataclasses (TRL, transformers, torch)
+            return 0
         try:
             parser = make_parser(command)
         except ImportError as exc:  # a command whose dependencies are missing stays listed, with the reason
             print(f"crystalformer-rl {command} is unavailable: {exc}", file=sys.stderr)
             return 2
+        if help_cache.wants_help(argv[1:]):
+            text = parser.format_help()
+            help_cache.write(command, text)
+            print(text, end="")
+            return 0
         debug = debug or (parser.debug_flag and any(a == "--debug" for a in argv[1:]))
         parsed = parser.parse(argv[1:])  # parsed once, as TRL's scripts do; --help ends here, before the run imports
         try:

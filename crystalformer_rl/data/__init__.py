@@ -1,6 +1,6 @@
 """Datasets of crystals: loading CIF datasets and tokenizing them into CrystalFormer tokens."""
 
-from .prepare import load_crystal_dataset, load_prepared, prepare_data
+from ..utils import lazy_exports
 
 
 #: where ``scripts/build_corpus.py`` writes the training corpus (relative to the working directory)
@@ -9,11 +9,7 @@ DEFAULT_CORPUS_DIR = "data/corpus"
 DEFAULT_TRAIN_DATA = f"{DEFAULT_CORPUS_DIR}/train.parquet"
 DEFAULT_VALIDATION_DATA = f"{DEFAULT_CORPUS_DIR}/validation.parquet"
 
-__all__ = [
-    "DEFAULT_CORPUS_DIR",
-    "DEFAULT_TRAIN_DATA",
-    "DEFAULT_VALIDATION_DATA",
-    "load_crystal_dataset",
-    "load_prepared",
-    "prepare_data",
-]
+_EXPORTS = dict.fromkeys(("load_crystal_dataset", "load_prepared", "prepare_data"), ".prepare")
+
+__all__ = ["DEFAULT_CORPUS_DIR", "DEFAULT_TRAIN_DATA", "DEFAULT_VALIDATION_DATA", *sorted(_EXPORTS)]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)  # pandas and the tokenizer load on first use
