@@ -27,6 +27,7 @@ ABOVE_THE_CORE = {
     "devices",
     "errors",
     "utils",
+    "plotting",
 }
 
 # The command line: nothing in the library imports it.
@@ -54,6 +55,7 @@ FORBIDDEN = {
     "devices": {"trainers", "reward_models", "evaluation", "modeling_crystalformer"} | COMMAND_LINE,
     "errors": {"trainers", "reward_models", "evaluation", "modeling_crystalformer", "tokenization"} | COMMAND_LINE,
     "utils": COMMAND_LINE,
+    "plotting": EVERY_LAYER - {"utils", "errors", "plotting"},  # the one plotting style, under evaluation and trainers
     # `commands` (and `cli`, the console script calling it) may import anything
 }
 
@@ -221,3 +223,14 @@ def test_the_checker_sees_a_deliberate_violation(source, module, expected):
     assert imported_layers(source, module) == expected
     layer = module.split(".")[0]
     assert (expected & FORBIDDEN[layer]) == (expected - {layer})
+
+
+def test_one_plotting_style_no_pyplot_in_the_package():
+    """Every figure is a Figure on its own Agg canvas (crystalformer_rl/plotting.py): no module uses pyplot or
+    switches matplotlib's global backend."""
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if "matplotlib.pyplot" in path.read_text() or "matplotlib.use(" in path.read_text()
+    ]
+    assert offenders == []

@@ -896,3 +896,24 @@ def test_a_matcher_exception_is_undecided_everywhere_and_never_raised(val_struct
     shifted = real.copy()
     shifted.translate_sites(range(len(shifted)), [0.01, 0, 0])  # another fingerprint: the matcher must decide
     assert archive.find(shifted) is None and archive.n_matcher_errors == 1
+
+
+def test_training_plots_leave_pyplot_and_the_backend_alone(tmp_path):
+    """The trainers' figures (NLL curves, RL curves) are drawn as the evaluation's are: no backend switch, no
+    figure left open, the file written (issue 35)."""
+    import matplotlib
+
+    from crystalformer_rl.trainers.plots import plot_loss_curves, plot_rl_curves
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        history = [
+            {"step": 1, "loss": 3.0, "train_loss_w": 1.0, "reward": -0.5, "reward_std": 0.1, "kl": 0.0},
+            {"step": 2, "eval_loss": 2.5, "eval_loss_a": 0.7, "reward": -0.3, "kl": 0.01, "valid_fraction": 0.9},
+        ]
+        assert plot_loss_curves(history, tmp_path / "loss.png").stat().st_size > 0
+        assert plot_rl_curves(history, tmp_path / "rl.png").stat().st_size > 0
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)

@@ -113,7 +113,8 @@ def run_pretrain(script=None, config=None):
     from ..modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration
     from ..pretrained import load_model
     from ..tokenization import CrystalTokenizer
-    from ..trainers.pretrain_trainer import CrystalPretrainer, plot_loss_curves
+    from ..trainers.plots import plot_loss_curves
+    from ..trainers.pretrain_trainer import CrystalPretrainer
 
     if config is None:  # an argument list (tests, scripts); the command line parses once and passes both
         script, config = parse_args("pretrain", script)
@@ -186,7 +187,7 @@ def run_rl(script=None, config=None):
     from ..pretrained import load_model
     from ..reward_models.base import share_caches
     from ..trainers.crystal_rloo_trainer import CrystalRLOOTrainer, space_group_prompts
-    from ..trainers.rl_plots import plot_rl_curves
+    from ..trainers.plots import plot_rl_curves
 
     if config is None:  # an argument list (tests, scripts); the command line parses once and passes both
         script, config = parse_args("rl", script)

@@ -1,56 +1,24 @@
 """Figures of an evaluation: E_hull histograms of several models overlaid (paper Fig. 3), space-group bars, rates
-per space group (paper Fig. 4) and a property scatter (paper Fig. 6a). Matplotlib with the Agg backend; every file
-is written atomically.
+per space group (paper Fig. 4) and a property scatter (paper Fig. 6a), in the package's one plotting style
+(:mod:`crystalformer_rl.plotting`: a Figure on an Agg canvas, no pyplot, written atomically).
 """
 
 from __future__ import annotations
 
-import io
-import math
 import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..utils import atomic_write_bytes
+from ..plotting import figure, finite, save_figure
 
 
 __all__ = ["plot_ehull_histogram", "plot_property_scatter", "plot_space_group_bars", "plot_space_group_rates"]
-
-
-def _figure(figsize: tuple[float, float]):
-    """A figure on an Agg canvas, outside pyplot: no global backend switch, nothing left open."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
-def _finite(values: Sequence[Any]) -> np.ndarray:
-    out = []
-    for v in values:
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(x):
-            out.append(x)
-    return np.asarray(out, dtype=float)
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=(path.suffix.lstrip(".") or "png"), dpi=150, bbox_inches="tight")
-    return atomic_write_bytes(buffer.getvalue(), path)
 
 
 def plot_ehull_histogram(
@@ -71,13 +39,13 @@ def plot_ehull_histogram(
     """
     series = ehulls if isinstance(ehulls, Mapping) else {"samples": ehulls}
     if value_range is None:
-        pooled = np.concatenate([_finite(v) for v in series.values()] or [np.zeros(0)])
+        pooled = np.concatenate([finite(v) for v in series.values()] or [np.zeros(0)])
         upper = float(np.quantile(pooled, 0.9)) if pooled.size else 1.0
         value_range = (-0.2, max(1.0, float(np.ceil(upper * 2) / 2)))
-    fig, ax = _figure((6, 4))
+    fig, ax = figure((6, 4))
     edges = np.linspace(value_range[0], value_range[1], bins + 1)
     for k, (label, values) in enumerate(series.items()):
-        x = _finite(values)
+        x = finite(values)
         if x.size == 0:
             continue
         x = np.clip(x, value_range[0], value_range[1])
@@ -94,7 +62,7 @@ def plot_ehull_histogram(
     if title:
         ax.set_title(title)
     ax.legend(frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_space_group_bars(
@@ -114,7 +82,7 @@ def plot_space_group_bars(
     for c in counts.values():
         total.update({g: n / max(sum(c.values()), 1) for g, n in c.items()})
     groups = [g for g, _ in total.most_common(top)]
-    fig, ax = _figure((max(6, 0.35 * len(groups) * max(1, len(series))), 4))
+    fig, ax = figure((max(6, 0.35 * len(groups) * max(1, len(series))), 4))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))
     for k, (label, c) in enumerate(counts.items()):
@@ -128,7 +96,7 @@ def plot_space_group_bars(
         ax.set_title(title)
     if len(series) > 1:
         ax.legend(frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _rate_label(column: str) -> str:
@@ -183,7 +151,7 @@ def plot_space_group_rates(
         for column in columns
         if column in frame and frame[column].notna().any()
     ]
-    fig, ax = _figure((min(16, max(6, 0.3 * len(groups) * max(1, len(series)))), 4))
+    fig, ax = figure((min(16, max(6, 0.3 * len(groups) * max(1, len(series)))), 4))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))
     names = list(tables)
@@ -218,7 +186,7 @@ def plot_space_group_rates(
         ax.set_title(title)
     if series:
         ax.legend(frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_property_scatter(
@@ -245,7 +213,7 @@ def plot_property_scatter(
         raise ValueError(f"x and y differ in length ({len(xs)} vs {len(ys)})")
     labels = np.array(list(groups) if groups is not None else ["samples"] * len(xs), dtype=object)
     ok = np.isfinite(xs) & np.isfinite(ys)
-    fig, ax = _figure((5, 4))
+    fig, ax = figure((5, 4))
     for label in dict.fromkeys(labels[ok]):
         m = ok & (labels == label)
         ax.scatter(xs[m], ys[m], s=10, alpha=0.6, label=str(label))
@@ -270,4 +238,4 @@ def plot_property_scatter(
         box.set_xlabel("RL step", fontsize=7)
         box.set_ylabel(inset[2], fontsize=7)
         box.tick_params(labelsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -2,12 +2,10 @@
 
 ``Trainer`` brings Adam, gradient clipping, safetensors checkpoints, resume, accelerate (DDP / DeepSpeed) and
 ``datasets`` streaming; we add the crystal collator (padding per batch), the per-term training and validation
-NLL (W, A, XYZ, L), and a loss-curve plot.
+NLL (W, A, XYZ, L); its loss-curve plot is :func:`crystalformer_rl.trainers.plots.plot_loss_curves`.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
@@ -17,10 +15,12 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import has_length
 
 from ..tokenization import CrystalCollator
+from .plots import NLL_TERMS as TERMS
+from .plots import plot_loss_curves
 from .pretrain_config import CrystalPretrainConfig
 
 
-TERMS = ("loss_w", "loss_a", "loss_xyz", "loss_l")
+__all__ = ["TERMS", "CrystalPretrainer", "PaddingCollator", "plot_loss_curves", "site_counts"]
 
 
 class CrystalPretrainer(Trainer):
@@ -134,30 +134,3 @@ class PaddingCollator(CrystalCollator):
             batch["A"] = torch.nn.functional.pad(batch["A"], (0, extra))
             batch["XYZ"] = torch.nn.functional.pad(batch["XYZ"], (0, 0, 0, extra))
         return batch
-
-
-def plot_loss_curves(log_history: list[dict], path: str | os.PathLike) -> None:
-    """Training and validation NLL per term against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 5, figsize=(20, 3.6))
-    for ax, key in zip(axes, ("loss", *TERMS)):
-        train = [
-            (h["step"], h[key if key == "loss" else f"train_{key}"])
-            for h in log_history
-            if (key if key == "loss" else f"train_{key}") in h
-        ]
-        valid = [(h["step"], h[f"eval_{key}"]) for h in log_history if f"eval_{key}" in h]
-        if train:
-            ax.plot(*zip(*train), label="train", alpha=0.7)
-        if valid:
-            ax.plot(*zip(*valid), "o-", label="validation")
-        ax.set_title(key.replace("loss", "NLL"))
-        ax.set_xlabel("step")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
