@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from crystalformer_rl.commands import build_parser, main
+from crystalformer_rl.commands import build_parser, main, parse_args
 from crystalformer_rl.commands.train import load_reward
 from crystalformer_rl.modeling_crystalformer import CrystalFormerForCrystalGeneration
 from crystalformer_rl.pretrained import load_model, space_group_distribution
@@ -74,7 +74,9 @@ def test_pretrain_command_trains_validates_checkpoints_and_resumes(token_parquet
     assert (out / "loss_curves.png").stat().st_size > 1000
     from crystalformer_rl.commands.train import run_pretrain
 
-    resumed = run_pretrain([*common, "--max_steps", "8", "--resume_from_checkpoint", str(out / "checkpoint-4")])
+    resumed = run_pretrain(
+        *parse_args("pretrain", [*common, "--max_steps", "8", "--resume_from_checkpoint", str(out / "checkpoint-4")])
+    )
     history = resumed.state.log_history
     evals = [h for h in history if "eval_loss" in h]
     assert {"eval_loss_w", "eval_loss_a", "eval_loss_xyz", "eval_loss_l"} <= set(evals[-1])
@@ -221,26 +223,29 @@ def test_sft_baseline_keeps_low_ehull_crystals_and_fine_tunes(tiny_folder, tmp_p
 
     out = tmp_path / "sft"
     trainer = run_sft(
-        [
-            "--model",
-            str(tiny_folder),
-            "--num_samples",
-            "40",
-            "--relax",
-            "false",
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "2",
-            "--per_device_train_batch_size",
-            "2",
-            "--learning_rate",
-            "1e-5",
-            "--use_cpu",
-            "true",
-            "--disable_tqdm",
-            "true",
-        ],
+        *parse_args(
+            "sft",
+            [
+                "--model",
+                str(tiny_folder),
+                "--num_samples",
+                "40",
+                "--relax",
+                "false",
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "2",
+                "--learning_rate",
+                "1e-5",
+                "--use_cpu",
+                "true",
+                "--disable_tqdm",
+                "true",
+            ],
+        ),
         ehull_fn=fake_ehull,
     )
     data = pd.read_parquet(out / "sft_data.parquet")
@@ -248,6 +253,12 @@ def test_sft_baseline_keeps_low_ehull_crystals_and_fine_tunes(tiny_folder, tmp_p
     assert counts["sampled"] == 40 and 0 < counts["kept"] == len(data) < 40
     assert (data.e_hull < 0.1).all()
     assert trainer.state.global_step == 2 and (out / "model.safetensors").exists()
+    # SFT ends as rl and dpo do (issue 35): the log history, a model card naming its base, the base model's files
+    history = json.loads((out / "log_history.json").read_text())
+    assert history and history[-1]["step"] == 2
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: crystalformer-rl") and f"base_model: {tiny_folder}" in card
+    assert "sft" in card and (out / "tokenizer_config.json").exists()
 
 
 def test_pretraining_batches_are_length_grouped_and_reshuffled(shared, tmp_path):

@@ -7,7 +7,7 @@ The tests run offline (``tests/conftest.py`` sets ``HF_HUB_OFFLINE=1``).
 import pandas as pd
 import pytest
 
-from crystalformer_rl.commands import main
+from crystalformer_rl.commands import main, parse_args
 from crystalformer_rl.pretrained import ModelNotFoundError
 from tests.helpers.rl_toy import tiny_model
 
@@ -164,7 +164,7 @@ def test_rl_accepts_resume_from_checkpoint(tiny_folder, tmp_path, monkeypatch):
     ):
         seen.clear()
         with pytest.raises(_Stop):
-            run_rl([*common, *extra])
+            run_rl(*parse_args("rl", [*common, *extra]))
         assert seen["checkpoint"] == expected, extra
 
 
@@ -184,7 +184,6 @@ def test_unknown_command_is_one_line(capsys):
 def test_rl_reward_clip_range_from_the_command_line(capsys, tiny_folder, tmp_path):
     """``--reward_clip_range=-1,0`` is the pair (-1, 0); HfArgumentParser used to make ``[-1,0]`` a tuple of its six
     characters, which only failed at the first batch. A bad range is one line naming the option."""
-    from crystalformer_rl.commands import parse_args
 
     for given, expected in (("-1,0", (-1.0, 0.0)), ("[-3, 0]", (-3.0, 0.0)), ("none", None)):
         _, config = parse_args("rl", [f"--reward_clip_range={given}", "--output_dir", str(tmp_path)])

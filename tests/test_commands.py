@@ -126,9 +126,16 @@ def test_a_positional_overrides_its_config_value(tmp_path):
     assert parse_args("evaluate", ["b.csv", "--config", str(path)])[0].input == "b.csv"
 
 
-def test_parsed_dataclasses_pass_through():
-    args = SampleArguments(num_samples=2)
-    assert parse_args("sample", args) == (args,)
+def test_run_functions_take_the_parsed_dataclasses_only():
+    """As TRL's scripts: parsed once (``main`` or ``parse_args``), then ``run_X(*dataclasses)``; no argument lists."""
+    import inspect
+
+    for name, spec in COMMANDS.items():
+        module, function = spec.run.split(":")
+        run = getattr(__import__(module, fromlist=[function]), function)
+        parameters = list(inspect.signature(run).parameters.values())[: len(spec.arguments)]
+        assert all(p.default is inspect.Parameter.empty for p in parameters), name
+        assert all("list" not in str(p.annotation) for p in parameters), name
 
 
 # ------------------------------------------------------------------------------------------ SamplingOptions

@@ -17,7 +17,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from crystalformer_rl.commands import main  # noqa: E402
+from crystalformer_rl.commands import main, parse_args  # noqa: E402
 from crystalformer_rl.commands.convert import run_convert  # noqa: E402
 from crystalformer_rl.modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration  # noqa: E402
 from crystalformer_rl.modeling_crystalformer.convert_crystalformer_checkpoint import (  # noqa: E402
@@ -244,7 +244,10 @@ def test_convert_command_line(tmp_path):
     config_path = tmp_path / "reference_config.json"
     config_path.write_text((PARITY / "config.json").read_text())
     model = run_convert(
-        [str(PARITY / "checkpoint.pkl"), "--output_dir", str(tmp_path / "out"), "--config", str(config_path)]
+        *parse_args(
+            "convert",
+            [str(PARITY / "checkpoint.pkl"), "--output_dir", str(tmp_path / "out"), "--config", str(config_path)],
+        )
     )
     assert (tmp_path / "out" / "model.safetensors").exists()
     card = (tmp_path / "out" / "README.md").read_text()  # the likelihood convention is stated with the weights

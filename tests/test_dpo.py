@@ -246,6 +246,7 @@ def test_resume_lands_on_the_parameters_of_an_uninterrupted_run(real_pairs, tmp_
 
 def test_dpo_command_builds_pairs_trains_and_writes_its_outputs(tmp_path):
     """The CLI end to end on a tiny model and a cheap reward (no potential): pairs, split, training, files."""
+    from crystalformer_rl.commands import parse_args
     from crystalformer_rl.commands.train import run_dpo
 
     tiny_model().save_pretrained(tmp_path / "tiny")
@@ -278,7 +279,7 @@ def test_dpo_command_builds_pairs_trains_and_writes_its_outputs(tmp_path):
         "--report_to",
         "none",
     ]
-    trainer = run_dpo(argv)
+    trainer = run_dpo(*parse_args("dpo", argv))
     assert trainer.state.global_step == 2
     for name in ("pairs.parquet", "pair_failures.csv", "pairs_summary.json", "model.safetensors", "log_history.json"):
         assert (out / name).exists(), name

@@ -45,7 +45,7 @@ USAGE_ERRORS = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryE
 @dataclass(frozen=True)
 class Command:
     help: str
-    run: str  # "module:function", called with the argument list (or the parsed dataclasses)
+    run: str  # "module:function", called with the parsed dataclasses
     arguments: tuple[str, ...]  # "module:Dataclass" of its options, parsed together
     yaml_config: bool = True  # `--config file.yaml`
     epilog: str | None = None
@@ -129,12 +129,10 @@ def make_parser(command: str) -> CommandParser:
     )
 
 
-def parse_args(command: str, args=None) -> tuple:
-    """A command's dataclass instances from an argument list (default ``sys.argv[1:]``); already parsed ones (an
-    instance or a tuple of them, e.g. ``run_evaluate(EvaluateArguments(...))``) are returned as they are."""
-    if args is None or (isinstance(args, (list, tuple)) and all(isinstance(a, str) for a in args)):
-        return make_parser(command).parse(args)
-    return tuple(args) if isinstance(args, tuple) else (args,)
+def parse_args(command: str, args: list[str] | None = None) -> tuple:
+    """A command's dataclass instances from an argument list (default ``sys.argv[1:]``), to pass to its run
+    function: ``run_rl(*parse_args("rl", ["--output_dir", "runs/rl"]))``."""
+    return make_parser(command).parse(args)
 
 
 class _MainParser(argparse.ArgumentParser):

@@ -16,7 +16,6 @@ from ..modeling_crystalformer.convert_crystalformer_checkpoint import (
     load_crystalformer_checkpoint,
     write_converted_model_card,
 )
-from . import parse_args
 from .parser import CommandArguments
 
 
@@ -52,8 +51,7 @@ class ConvertArguments(CommandArguments):
     )
 
 
-def run_convert(args: ConvertArguments | list[str] | None = None):
-    (args,) = parse_args("convert", args)
+def run_convert(args: ConvertArguments):
     config = _as_config_kwargs(args.model_config)
     for key, value in (
         ("num_attention_heads", args.num_heads),

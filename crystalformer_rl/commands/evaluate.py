@@ -18,7 +18,6 @@ from ..materials.ehull import EhullCalculator
 from ..materials.hull import ReferenceHull
 from ..materials.io import LoadedCrystals, load_crystals, read_table
 from ..materials.matching import ReferenceIndex
-from . import parse_args
 from .parser import CommandArguments
 
 
@@ -170,9 +169,8 @@ def _sampling_seconds(args: EvaluateArguments, loaded: LoadedCrystals) -> tuple[
     return _scaled_sampling_seconds(loaded, args.limit)
 
 
-def run_evaluate(args: EvaluateArguments | list[str] | None = None) -> dict[str, Any]:
+def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
     """Run ``crystalformer-rl evaluate``: writes the table, ``summary.json`` and plots; returns the summary."""
-    (args,) = parse_args("evaluate", args)
     _check_inputs(args)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

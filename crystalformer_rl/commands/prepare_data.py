@@ -11,7 +11,6 @@ from typing import Any
 from ..crystallography import DEFAULT_N_MAX
 from ..data.prepare import prepare_data
 from ..tokenization import CrystalTokenizer
-from . import parse_args
 from .parser import CommandArguments
 
 
@@ -37,8 +36,7 @@ class PrepareDataArguments(CommandArguments):
     )
 
 
-def run_prepare_data(args: PrepareDataArguments | list[str] | None = None) -> dict[str, Any]:
-    (args,) = parse_args("prepare-data", args)
+def run_prepare_data(args: PrepareDataArguments) -> dict[str, Any]:
     summary = prepare_data(
         args.source,
         args.output_dir,

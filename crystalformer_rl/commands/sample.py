@@ -15,7 +15,6 @@ from ..crystallography import NUM_SPACE_GROUPS
 from ..modeling_crystalformer import SamplingOptions
 from ..pretrained import load_model, space_group_distribution
 from ..sampling import crystals_to_frame, draw_space_groups, sample_crystals, write_samples
-from . import parse_args
 from .parser import CommandArguments
 
 
@@ -57,8 +56,7 @@ class SampleArguments(CommandArguments, SamplingOptions):
         super().__post_init__()
 
 
-def run_sample(args: SampleArguments | list[str] | None = None) -> dict:
-    (args,) = parse_args("sample", args)
+def run_sample(args: SampleArguments) -> dict:
     torch.manual_seed(args.seed)
     model = load_model(args.model).eval()
     groups = draw_space_groups(args.num_samples, args.space_group, space_group_distribution(args.model), args.seed)

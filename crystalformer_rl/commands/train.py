@@ -1,6 +1,8 @@
-"""``crystalformer-rl pretrain``, ``rl`` and ``dpo``: their script arguments (dataclasses, parsed with the
-trainer's config; ``--config file.yaml`` works and every field's help string is its CLI doc) and run functions.
-The shared library helpers are :mod:`crystalformer_rl.trainers.utils`."""
+"""``crystalformer-rl pretrain``, ``rl``, ``dpo`` and ``sft``: their script arguments (dataclasses, parsed with the
+trainer's config; ``--config file.yaml`` works and every field's help string is its CLI doc) and run functions,
+each called with the parsed dataclasses. The library behind them is :mod:`crystalformer_rl.trainers` (the
+shared helpers and the common ending of a fine-tuning run in :mod:`crystalformer_rl.trainers.utils`, the DPO
+pairs in :mod:`crystalformer_rl.trainers.dpo_pairs`)."""
 
 from __future__ import annotations
 
@@ -10,21 +12,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ..data import DEFAULT_CORPUS_DIR, DEFAULT_TRAIN_DATA, DEFAULT_VALIDATION_DATA
-from ..errors import UsageError, one_line
+from ..errors import UsageError
 from ..reward_models.registry import REWARDS, load_reward
+from ..trainers.crystal_dpo_config import PAIR_SOURCES, PairOptions
 from ..trainers.utils import (
     MODEL_SIZES,
     BaseModelFilesCallback,
     fill_prompts,
+    finish_fine_tuning,
     training_space_groups,
-    write_base_model_files,
     write_model_reference,
 )
 from ..utils import is_hub_repo_id
-from . import parse_args
 
 
 # -------------------------------------------------------------------------------------------------- pretrain
@@ -106,8 +106,8 @@ def resolve_checkpoint(value: str | bool | None, output_dir: str, resume: bool =
     return text
 
 
-def run_pretrain(script=None, config=None):
-    """``crystalformer-rl pretrain``: its parsed script arguments and config (or an argument list)."""
+def run_pretrain(script: PretrainScriptArguments, config):
+    """``crystalformer-rl pretrain``: its parsed script arguments and `CrystalPretrainConfig`."""
     from datasets import load_dataset
 
     from ..modeling_crystalformer import CrystalFormerConfig, CrystalFormerForCrystalGeneration
@@ -116,8 +116,6 @@ def run_pretrain(script=None, config=None):
     from ..trainers.plots import plot_loss_curves
     from ..trainers.pretrain_trainer import CrystalPretrainer
 
-    if config is None:  # an argument list (tests, scripts); the command line parses once and passes both
-        script, config = parse_args("pretrain", script)
     if not script.model and script.model_size not in MODEL_SIZES:
         raise UsageError(f"--model_size {script.model_size}: use one of {', '.join(MODEL_SIZES)}")
     train_files = _data_files("--train_data", script.train_data, DEFAULT_TRAIN_DATA)
@@ -182,15 +180,13 @@ class RLScriptArguments:
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
 
 
-def run_rl(script=None, config=None):
-    """``crystalformer-rl rl``: its parsed script arguments and config (or an argument list)."""
+def run_rl(script: RLScriptArguments, config):
+    """``crystalformer-rl rl``: its parsed script arguments and `CrystalRLConfig`."""
     from ..pretrained import load_model
     from ..reward_models.base import share_caches
     from ..trainers.crystal_rloo_trainer import CrystalRLOOTrainer, space_group_prompts
     from ..trainers.plots import plot_rl_curves
 
-    if config is None:  # an argument list (tests, scripts); the command line parses once and passes both
-        script, config = parse_args("rl", script)
     try:
         reward_kwargs = json.loads(script.reward_kwargs) if script.reward_kwargs else {}
     except ValueError as exc:
@@ -204,39 +200,17 @@ def run_rl(script=None, config=None):
     trainer = CrystalRLOOTrainer(model, rewards, args=config, train_dataset=space_group_prompts(groups))
     trainer.add_callback(BaseModelFilesCallback(script.model))
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
-        trainer.create_model_card()
         plot_rl_curves(trainer.state.log_history, Path(config.output_dir) / "rl_curves.png")
-    return _finish_fine_tuning(trainer, script, Path(config.output_dir))
-
-
-def _finish_fine_tuning(trainer, script, output_dir: Path):
-    """What every fine-tuning command leaves beside the model (rank 0), then the process-group teardown: the base
-    model's space-group distribution (the fine-tuned model samples the same prompts) and novelty reference
-    (novelty stays judged against the base model's training set), the log history, the optional Hub push."""
-    from ..trainers.utils import write_base_model_files
-
-    if trainer.is_world_process_zero():
-        write_base_model_files(script.model, output_dir)
-        with open(output_dir / "log_history.json", "w") as f:
-            json.dump(trainer.state.log_history, f, indent=1)
-        if script.push_to_hub_id:
-            trainer.accelerator.unwrap_model(trainer.model).push_to_hub(script.push_to_hub_id)
-            trainer.crystal_tokenizer.push_to_hub(script.push_to_hub_id)
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return trainer
+    return finish_fine_tuning(trainer, script.model, script.push_to_hub_id, method="rl")
 
 
 # ------------------------------------------------------------------------------------------------------- dpo
-PAIR_SOURCES = ("sample", "relax")
-
-
 @dataclass
-class DPOScriptArguments:
+class DPOScriptArguments(PairOptions):
+    """The script arguments of ``crystalformer-rl dpo``: the pair options (:class:`PairOptions`), the base model,
+    the validation share, resume and Hub push."""
+
     model: str | None = field(
         default=None,
         metadata={
@@ -244,55 +218,6 @@ class DPOScriptArguments:
             "samples the crystals when the pairs are built here."
         },
     )
-    pairs: str = field(
-        default="sample",
-        metadata={
-            "help": "Where the pairs come from: 'sample' (the model's own samples scored by --reward; within a space "
-            "group the i-th best is paired with the i-th worst when they differ by --margin), 'relax' (samples "
-            "against their relaxed selves, chosen = relaxed), or a table (CSV / parquet / JSON file or folder, or a "
-            "Hub dataset) with row-aligned --chosen_column / --rejected_column (CIF, structure dicts or token "
-            "strings), or the pairs.parquet of an earlier run. Bad rows are skipped and reported."
-        },
-    )
-    chosen_column: str = field(default="chosen", metadata={"help": "Column of the preferred crystals."})
-    rejected_column: str = field(default="rejected", metadata={"help": "Column of the rejected crystals."})
-    reward: str = field(
-        default="ehull",
-        metadata={
-            "help": "Reward ranking the samples with --pairs sample (higher is better): "
-            + ", ".join(REWARDS)
-            + " or an import path 'module:callable'."
-        },
-    )
-    reward_kwargs: str | None = field(
-        default=None,
-        metadata={
-            "help": 'JSON object of keyword arguments for the reward, e.g. \'{"calculator": "chgnet-r2scan"}\'.'
-        },
-    )
-    num_samples: int = field(default=2000, metadata={"help": "Crystals to sample when the pairs are built here."})
-    margin: float = field(
-        default=0.1,
-        metadata={"help": "Smallest reward difference of a sampled pair (reward units: eV/atom for ehull)."},
-    )
-    failure_reward: float | None = field(
-        default=None,
-        metadata={
-            "help": "Score samples the reward cannot score with this value, so they can be paired as rejected; "
-            "default: leave them out (reported in pair_failures.csv)."
-        },
-    )
-    prompts: str | None = field(
-        default=None,
-        metadata={
-            "help": "Space groups to sample: 'default' (the model's training distribution), a parquet / prepared "
-            "folder with a G column, or '225,221'."
-        },
-    )
-    sample_seed: int = field(default=0, metadata={"help": "Seed of the sampler and of the space-group draw."})
-    sample_batch_size: int = field(default=500, metadata={"help": "Crystals per sampling batch."})
-    relax_fmax: float = field(default=0.1, metadata={"help": "--pairs relax: force threshold (eV/Å)."})
-    relax_steps: int = field(default=500, metadata={"help": "--pairs relax: maximum relaxation steps."})
     validation_fraction: float = field(
         default=0.2, metadata={"help": "Share of the pairs held out for validation after a shuffle (reference: 0.2)."}
     )
@@ -303,84 +228,15 @@ class DPOScriptArguments:
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
 
 
-def _pair_settings(script: DPOScriptArguments) -> dict:
-    """What decides the pairs: a run whose output_dir holds pairs built with the same settings reuses them."""
-    from dataclasses import asdict
-
-    skip = ("validation_fraction", "resume", "push_to_hub_id")
-    settings = {k: v for k, v in asdict(script).items() if k not in skip}
-    source = Path(script.pairs)
-    if source.is_file():  # an edited table is a new table
-        settings["pairs_file"] = {"bytes": source.stat().st_size, "mtime": source.stat().st_mtime}
-    return settings
-
-
-def _cached_pairs(output_dir: Path, settings: dict):
-    import pandas as pd
-
-    from ..trainers.dpo_pairs import PAIRS_FILE, SUMMARY_FILE
-
-    pairs, summary = output_dir / PAIRS_FILE, output_dir / SUMMARY_FILE
-    if pairs.is_file() and summary.is_file() and json.loads(summary.read_text()).get("settings") == settings:
-        return pd.read_parquet(pairs)
-    return None
-
-
-def build_dpo_pairs(script: DPOScriptArguments, model, reward_kwargs: dict, device=None):
-    """(pairs, failures, summary) as ``--pairs`` says (see its help)."""
-    import numpy as np
-
-    from ..tokenization import CrystalTokenizer
-    from ..trainers import dpo_pairs
-
-    tokenizer = CrystalTokenizer(n_max=model.config.n_max)
-    if script.pairs not in PAIR_SOURCES:
-        try:
-            pairs, failures = dpo_pairs.load_pair_table(
-                script.pairs, script.chosen_column, script.rejected_column, tokenizer=tokenizer
-            )
-        except ValueError as exc:  # a missing column names the columns it found
-            raise UsageError(f"--pairs {script.pairs}: {one_line(exc)}") from exc
-        return pairs, failures, dpo_pairs.summarise(pairs, failures, {"settings": _pair_settings(script)})
-    groups = training_space_groups(script.prompts, script.model)
-    groups = np.random.default_rng(script.sample_seed).choice(np.asarray(groups), size=script.num_samples)
-    if device is not None:
-        model.to(device)
-    if script.pairs == "sample":
-        reward = load_reward(script.reward, **reward_kwargs)
-        pairs, failures, counts = dpo_pairs.build_reward_pairs(
-            model,
-            reward,
-            groups,
-            margin=script.margin,
-            seed=script.sample_seed,
-            batch_size=script.sample_batch_size,
-            failure_reward=script.failure_reward,
-        )
-    else:
-        pairs, failures, counts = dpo_pairs.build_relaxation_pairs(
-            model,
-            groups,
-            seed=script.sample_seed,
-            batch_size=script.sample_batch_size,
-            fmax=script.relax_fmax,
-            steps=script.relax_steps,
-        )
-    counts.pop("pairs", None)
-    return pairs, failures, dpo_pairs.summarise(pairs, failures, {"settings": _pair_settings(script)}, **counts)
-
-
-def run_dpo(script=None, config=None):
-    """``crystalformer-rl dpo``: its parsed script arguments and config (or an argument list)."""
+def run_dpo(script: DPOScriptArguments, config):
+    """``crystalformer-rl dpo``: its parsed script arguments and `CrystalDPOConfig`."""
     from accelerate import PartialState
     from transformers.trainer_utils import IntervalStrategy
 
     from ..pretrained import load_model
     from ..trainers.crystal_dpo_trainer import CrystalDPOTrainer
-    from ..trainers.dpo_pairs import pairs_dataset, split_pairs, write_pairs
+    from ..trainers.dpo_pairs import build_pairs, cached_pairs, pairs_dataset, split_pairs, write_pairs
 
-    if config is None:  # an argument list (tests, scripts); the command line parses once and passes both
-        script, config = parse_args("dpo", script)
     if not 0.0 <= script.validation_fraction < 1.0:
         raise UsageError(f"--validation_fraction {script.validation_fraction}: use a value in [0, 1)")
     if script.pairs not in PAIR_SOURCES and not Path(script.pairs).exists() and not is_hub_repo_id(script.pairs):
@@ -388,19 +244,16 @@ def run_dpo(script=None, config=None):
             f"--pairs {script.pairs}: no such file or folder; pass 'sample', 'relax', a CSV / parquet / JSON table "
             "with chosen and rejected columns, or a Hub dataset id"
         )
-    try:
-        reward_kwargs = json.loads(script.reward_kwargs) if script.reward_kwargs else {}
-    except ValueError as exc:
-        raise UsageError(f"--reward_kwargs: not a JSON object ({exc})") from None
+    script.reward_keywords()  # a bad --reward_kwargs fails before the model loads
     checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, resume=script.resume)
     model = load_model(script.model)
 
     # The main process builds (or reuses) the pairs and writes them; the others read what it wrote.
-    output_dir, settings, state = Path(config.output_dir), _pair_settings(script), PartialState()
+    output_dir, state = Path(config.output_dir), PartialState()
     with state.main_process_first():
-        pairs = _cached_pairs(output_dir, settings)
+        pairs = cached_pairs(output_dir, script.settings(script.model))
         if pairs is None:
-            pairs, failures, summary = build_dpo_pairs(script, model, reward_kwargs, device=config.device)
+            pairs, failures, summary = build_pairs(script, model, script.model, device=config.device)
             if state.is_main_process:
                 write_pairs(pairs, failures, output_dir, summary)
                 print(json.dumps({k: v for k, v in summary.items() if k != "settings"}))
@@ -416,10 +269,7 @@ def run_dpo(script=None, config=None):
     trainer = CrystalDPOTrainer(model, config, train_dataset=train, eval_dataset=valid)
     trainer.add_callback(BaseModelFilesCallback(script.model))
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(config.output_dir)
-    if trainer.is_world_process_zero():
-        trainer.crystal_tokenizer.save_pretrained(config.output_dir)
-    return _finish_fine_tuning(trainer, script, output_dir)
+    return finish_fine_tuning(trainer, script.model, script.push_to_hub_id, method="dpo")
 
 
 # ------------------------------------------------------------------------------------------------------- sft
@@ -440,18 +290,17 @@ class SFTScriptArguments:
     fmax: float = field(default=0.1, metadata={"help": "Relaxation force threshold (eV/Å)."})
     relax_steps: int = field(default=500, metadata={"help": "Maximum relaxation steps."})
     sample_seed: int = field(default=0, metadata={"help": "Seed of the sampler."})
+    push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
 
 
-def run_sft(script=None, config=None, ehull_fn=None, relax_fn=None):
-    """``crystalformer-rl sft``: its parsed script arguments and config (or an argument list); ``ehull_fn`` /
-    ``relax_fn`` replace the potential (tests, other potentials)."""
+def run_sft(script: SFTScriptArguments, config, ehull_fn=None, relax_fn=None):
+    """``crystalformer-rl sft``: its parsed script arguments and `CrystalPretrainConfig`; ``ehull_fn`` /
+    ``relax_fn`` replace the potential (tests, other potentials). It ends as ``rl`` and ``dpo`` do
+    (:func:`~crystalformer_rl.trainers.utils.finish_fine_tuning`)."""
     from ..pretrained import load_model
-    from ..tokenization import CrystalTokenizer
     from ..trainers.pretrain_trainer import CrystalPretrainer
     from ..trainers.sft import build_sft_dataset
 
-    if config is None:  # an argument list (tests, scripts); the command line parses once and passes both
-        script, config = parse_args("sft", script)
     model = load_model(script.model)
     dataset, counts = build_sft_dataset(
         model.eval(),
@@ -469,9 +318,5 @@ def run_sft(script=None, config=None, ehull_fn=None, relax_fn=None):
     config.eval_strategy = "no"
     trainer = CrystalPretrainer(model, config, train_dataset=dataset)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    trainer.save_model(config.output_dir)
-    if trainer.is_world_process_zero():
-        CrystalTokenizer(n_max=model.config.n_max).save_pretrained(config.output_dir)
-        write_base_model_files(script.model, Path(config.output_dir))
     print(json.dumps(counts))
-    return trainer
+    return finish_fine_tuning(trainer, script.model, script.push_to_hub_id, method="sft")

@@ -4,14 +4,22 @@ The preference fields carry the names of TRL's ``DPOConfig`` (``beta``, ``loss_t
 ``rpo_alpha``, ``disable_dropout``, ``precompute_ref_batch_size``) with the reference's semantics, which differ
 from TRL 1.16's in two places: label smoothing applies to the sigmoid loss (conservative DPO), and IPO is not
 divided by a token count (a crystal's log-likelihood is one number).
+
+`PairOptions` are the options of the pairs themselves (where they come from, how they are built); the command's
+script arguments inherit them, and :func:`crystalformer_rl.trainers.dpo_pairs.build_pairs` takes them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 from transformers import TrainingArguments
 
+from ..errors import UsageError
+from ..reward_models.registry import REWARDS
 from .precision import PIN_MEMORY_HELP, pin_memory_only_on_cuda
 
 
@@ -104,3 +112,81 @@ class CrystalDPOConfig(TrainingArguments):
             raise ValueError(f"kl_num_samples must be >= 0, not {self.kl_num_samples}")
         super().__post_init__()
         pin_memory_only_on_cuda(self)
+
+
+PAIR_SOURCES = ("sample", "relax")
+
+
+@dataclass
+class PairOptions:
+    """Where the preference pairs come from and how they are built; the help strings are ``crystalformer-rl dpo``'s
+    CLI docs. Together with the base model they are the pairs' settings: a run whose output folder holds pairs
+    built with the same settings reuses them (:func:`cached_pairs`)."""
+
+    pairs: str = field(
+        default="sample",
+        metadata={
+            "help": "Where the pairs come from: 'sample' (the model's own samples scored by --reward; within a space "
+            "group the i-th best is paired with the i-th worst when they differ by --margin), 'relax' (samples "
+            "against their relaxed selves, chosen = relaxed), or a table (CSV / parquet / JSON file or folder, or a "
+            "Hub dataset) with row-aligned --chosen_column / --rejected_column (CIF, structure dicts or token "
+            "strings), or the pairs.parquet of an earlier run. Bad rows are skipped and reported."
+        },
+    )
+    chosen_column: str = field(default="chosen", metadata={"help": "Column of the preferred crystals."})
+    rejected_column: str = field(default="rejected", metadata={"help": "Column of the rejected crystals."})
+    reward: str = field(
+        default="ehull",
+        metadata={
+            "help": "Reward ranking the samples with --pairs sample (higher is better): "
+            + ", ".join(REWARDS)
+            + " or an import path 'module:callable'."
+        },
+    )
+    reward_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": 'JSON object of keyword arguments for the reward, e.g. \'{"calculator": "chgnet-r2scan"}\'.'
+        },
+    )
+    num_samples: int = field(default=2000, metadata={"help": "Crystals to sample when the pairs are built here."})
+    margin: float = field(
+        default=0.1,
+        metadata={"help": "Smallest reward difference of a sampled pair (reward units: eV/atom for ehull)."},
+    )
+    failure_reward: float | None = field(
+        default=None,
+        metadata={
+            "help": "Score samples the reward cannot score with this value, so they can be paired as rejected; "
+            "default: leave them out (reported in pair_failures.csv)."
+        },
+    )
+    prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Space groups to sample: 'default' (the model's training distribution), a parquet / prepared "
+            "folder with a G column, or '225,221'."
+        },
+    )
+    sample_seed: int = field(default=0, metadata={"help": "Seed of the sampler and of the space-group draw."})
+    sample_batch_size: int = field(default=500, metadata={"help": "Crystals per sampling batch."})
+    relax_fmax: float = field(default=0.1, metadata={"help": "--pairs relax: force threshold (eV/Å)."})
+    relax_steps: int = field(default=500, metadata={"help": "--pairs relax: maximum relaxation steps."})
+
+    def reward_keywords(self) -> dict:
+        """``reward_kwargs`` as a dict (a one-line error naming the option when it is not a JSON object)."""
+        try:
+            value = json.loads(self.reward_kwargs) if self.reward_kwargs else {}
+        except ValueError as exc:
+            raise UsageError(f"--reward_kwargs: not a JSON object ({exc})") from None
+        if not isinstance(value, dict):
+            raise UsageError(f"--reward_kwargs {self.reward_kwargs}: not a JSON object")
+        return value
+
+    def settings(self, base_model: str | None) -> dict[str, Any]:
+        """What decides the pairs (an edited table is a new table: its size and time are part of it)."""
+        settings = {"model": base_model, **{f.name: getattr(self, f.name) for f in fields(PairOptions)}}
+        source = Path(self.pairs)
+        if source.is_file():
+            settings["pairs_file"] = {"bytes": source.stat().st_size, "mtime": source.stat().st_mtime}
+        return settings

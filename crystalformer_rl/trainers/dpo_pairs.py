@@ -9,6 +9,9 @@ Three sources:
   when their rewards differ by a margin: :func:`build_reward_pairs`;
 * samples of a model against their relaxed versions (chosen = relaxed): :func:`build_relaxation_pairs`.
 
+`PairOptions` (:mod:`crystalformer_rl.trainers.crystal_dpo_config`) says which (the pair options of ``crystalformer-rl dpo``), :func:`build_pairs` builds them as it
+says, and :func:`cached_pairs` reuses the pairs an earlier run built with the same settings.
+
 As ``prepare-data``, a row that cannot be used is skipped, never fatal, and reported (id, side, type, reason);
 :func:`write_pairs` writes ``pairs.parquet``, ``pair_failures.csv`` and ``pairs_summary.json``.
 """
@@ -27,16 +30,66 @@ import numpy as np
 import pandas as pd
 
 from .. import sampling
+from ..errors import UsageError, one_line
 from ..materials.ehull import default_relax_fn
 from ..materials.relaxation import relax_structures
+from ..reward_models.registry import load_reward
 from ..tokenization import TOKEN_FIELDS, CrystalTokenizationError, CrystalTokenizer, CrystalTokens, is_token_string
 from ..utils import atomic_write_table, atomic_write_text
+from .crystal_dpo_config import PAIR_SOURCES, PairOptions
+from .utils import training_space_groups
 
 
 SIDES = ("chosen", "rejected")
 PAIR_COLUMNS = tuple(f"{side}_{key}" for side in SIDES for key in TOKEN_FIELDS)
 FAILURE_COLUMNS = ["id", "side", "error_type", "error"]
 PAIRS_FILE, FAILURES_FILE, SUMMARY_FILE = "pairs.parquet", "pair_failures.csv", "pairs_summary.json"
+def cached_pairs(output_dir: str | os.PathLike, settings: Mapping[str, Any]) -> pd.DataFrame | None:
+    """The pairs an earlier run wrote into ``output_dir`` with the same ``settings``, else ``None``."""
+    pairs, summary = Path(output_dir) / PAIRS_FILE, Path(output_dir) / SUMMARY_FILE
+    if pairs.is_file() and summary.is_file() and json.loads(summary.read_text()).get("settings") == dict(settings):
+        return pd.read_parquet(pairs)
+    return None
+
+
+def build_pairs(options: PairOptions, model, base_model: str | None = None, device=None):
+    """``(pairs, failures, summary)`` as ``options.pairs`` says (see its help); ``model`` samples the crystals and
+    ``base_model`` (its name: folder, Hub id or ``None`` for the embedded model) gives the space-group prompts."""
+    settings = {"settings": options.settings(base_model)}
+    tokenizer = CrystalTokenizer(n_max=model.config.n_max)
+    if options.pairs not in PAIR_SOURCES:
+        try:
+            pairs, failures = load_pair_table(
+                options.pairs, options.chosen_column, options.rejected_column, tokenizer=tokenizer
+            )
+        except ValueError as exc:  # a missing column names the columns it found
+            raise UsageError(f"--pairs {options.pairs}: {one_line(exc)}") from exc
+        return pairs, failures, summarise(pairs, failures, settings)
+    groups = training_space_groups(options.prompts, base_model)
+    groups = np.random.default_rng(options.sample_seed).choice(np.asarray(groups), size=options.num_samples)
+    if device is not None:
+        model.to(device)
+    if options.pairs == "sample":
+        pairs, failures, counts = build_reward_pairs(
+            model,
+            load_reward(options.reward, **options.reward_keywords()),
+            groups,
+            margin=options.margin,
+            seed=options.sample_seed,
+            batch_size=options.sample_batch_size,
+            failure_reward=options.failure_reward,
+        )
+    else:
+        pairs, failures, counts = build_relaxation_pairs(
+            model,
+            groups,
+            seed=options.sample_seed,
+            batch_size=options.sample_batch_size,
+            fmax=options.relax_fmax,
+            steps=options.relax_steps,
+        )
+    counts.pop("pairs", None)
+    return pairs, failures, summarise(pairs, failures, settings, **counts)
 
 
 class UnusablePairError(ValueError):

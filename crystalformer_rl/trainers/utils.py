@@ -89,3 +89,63 @@ class BaseModelFilesCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             write_base_model_files(self.base_model, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+FINE_TUNED_MODEL_CARD = """---
+library_name: crystalformer-rl
+tags: [crystalformer, crystal-generation, materials, {tag}]
+base_model: {base}
+---
+
+# {name}
+
+CrystalFormer fine-tuned by {method} with [crystalformer-rl](https://github.com/crystalformer-rl/crystalformer-rl)
+from `{base}`: {steps} optimizer steps, learning rate {lr:g}, {batch} crystals per device and step.
+`log_history.json` beside the weights holds the training log.
+"""
+
+METHODS = {"dpo": "direct preference optimisation (DPO)", "sft": "supervised fine-tuning on its own stable samples (SFT)"}
+
+
+def finish_fine_tuning(trainer, base_model: str | None, push_to_hub_id: str | None = None, method: str = "rl"):
+    """How every fine-tuning command (``rl``, ``dpo``, ``sft``) ends, after training: the model and its tokenizer
+    config in ``output_dir``, a model card (the RL trainer's own; a short one for ``dpo`` and ``sft``), the base
+    model's space-group distribution (the fine-tuned model samples the same prompts) and novelty reference (novelty
+    stays judged against the base model's training set), ``log_history.json``, the optional Hub push; then the
+    process-group teardown. Files are written by the main process only."""
+    import json
+
+    import torch
+
+    from ..tokenization import CrystalTokenizer
+
+    output_dir = Path(trainer.args.output_dir)
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        tokenizer = getattr(trainer, "crystal_tokenizer", None) or CrystalTokenizer(n_max=model.config.n_max)
+        tokenizer.save_pretrained(output_dir)
+        if method == "rl":
+            trainer.create_model_card()
+        else:
+            card = FINE_TUNED_MODEL_CARD.format(
+                name=output_dir.name,
+                tag=method,
+                method=METHODS[method],
+                base=base_model or "CrystalFormer (the embedded crystalformer-rl default model)",
+                steps=trainer.state.global_step,
+                lr=trainer.args.learning_rate,
+                batch=trainer.args.per_device_train_batch_size,
+            )
+            (output_dir / "README.md").write_text(card)
+        write_base_model_files(base_model, output_dir)
+        with open(output_dir / "log_history.json", "w") as f:
+            json.dump(trainer.state.log_history, f, indent=1)
+        if push_to_hub_id:
+            model.push_to_hub(push_to_hub_id)
+            tokenizer.push_to_hub(push_to_hub_id)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return trainer
