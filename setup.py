@@ -62,6 +62,7 @@ setup(
             "**/*.csv.gz",
             "**/*.pt",
             "**/LICENSE*",
+            "pretrained/default/*.py",  # the embedded model folder's remote code (not a package)
         ]
     },
     install_requires=INSTALL_REQUIRES,

@@ -2,8 +2,7 @@
 lattice rules and the model-space lattice. Each rule is written here once.
 
 The tokenizer, the model and the sampler (and any other layer needing these rules) import this module. It
-imports nothing of the package, and neither torch nor pymatgen when it is imported (the element symbols are
-read from pymatgen on first use). The lattice functions take numpy arrays or torch tensors and apply the same
+imports nothing of the package, and neither torch nor pymatgen (the element symbols are written here). The lattice functions take numpy arrays or torch tensors and apply the same
 tables with numpy or torch indexing. The Wyckoff positions themselves are in :mod:`crystalformer_rl.wyckoff`,
 with ``wyckoff_tables.npz`` beside it.
 """
@@ -53,12 +52,20 @@ def index_to_letter(index: int) -> str:
 MAX_ATOMIC_NUMBER = 118  # H .. Og; the model's element vocabulary is 0 (padding) + these
 
 
+# The symbols of H .. Og, in order of atomic number (pymatgen's, checked by the tests): written here so that the
+# model's remote code in a model folder, run with only torch and transformers, knows them too.
+_SYMBOLS = (
+    "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
+    "Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb "
+    "Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf "
+    "Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og"
+).split()
+
+
 @lru_cache(maxsize=1)
 def element_symbols() -> tuple[str, ...]:
     """Index = atomic number: ``("X", "H", "He", ..., "Og")``, "X" standing for padding (Z = 0)."""
-    from pymatgen.core.periodic_table import Element
-
-    return ("X",) + tuple(Element.from_Z(z).symbol for z in range(1, MAX_ATOMIC_NUMBER + 1))
+    return ("X", *_SYMBOLS)
 
 
 def atomic_number(symbol: str) -> int:
@@ -70,8 +77,8 @@ def atomic_number(symbol: str) -> int:
 
 
 def __getattr__(name: str):
-    # `ELEMENT_SYMBOLS` (= element_symbols()) is built on first use, so importing this module (and the model)
-    # does not import pymatgen. (Left out of `__all__`, which linters check against the names defined here.)
+    # `ELEMENT_SYMBOLS` (= element_symbols()), a tuple built on first use. (Left out of `__all__`, which linters
+    # check against the names defined here.)
     if name == "ELEMENT_SYMBOLS":
         return element_symbols()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

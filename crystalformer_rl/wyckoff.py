@@ -10,11 +10,14 @@ model and the tokenizer actually use:
 Indexing follows the reference: ``[G - 1, W]`` with ``W = 0`` reserved for padding and letter ``a`` = 1
 (``A`` = 27, only in Pmmm; see `crystallography.LETTERS`). Rows for ``W = 0`` and ``W > wmax`` are zero, with
 ``dof0 = True`` as in the reference. The tables ship inside the package as a small ``.npz`` beside this module
-(exact rationals, stored over 24) and are checked against pyxtal by the tests.
+(exact rationals, stored over 24) and are checked against pyxtal by the tests; a model folder's remote code
+carries them as a generated module, ``wyckoff_tables_npz.py`` (see ``modeling_crystalformer/hub_crystalformer.py``).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +28,19 @@ from .crystallography import NUM_SPACE_GROUPS, TRANSLATION_DENOMINATOR, WYCK_TYP
 
 
 TABLES_PATH = Path(__file__).with_name("wyckoff_tables.npz")
+
+
+def _tables_file() -> Path | io.BytesIO | None:
+    """The tables' ``.npz``: the file beside this module, else (in a model folder's remote code, which holds only
+    ``.py`` files) the module ``wyckoff_tables_npz`` that ``save_pretrained`` generates from that file; ``None``
+    if neither is there."""
+    if TABLES_PATH.exists():
+        return TABLES_PATH
+    try:
+        from .wyckoff_tables_npz import NPZ_BASE64
+    except ImportError:
+        return None
+    return io.BytesIO(base64.b64decode(NPZ_BASE64))
 
 
 @dataclass(frozen=True)
@@ -53,11 +69,12 @@ class WyckoffTables:
     @lru_cache(maxsize=1)
     def load(cls) -> WyckoffTables:
         """The tables shipped with the package (build them with :meth:`from_pyxtal` if missing)."""
-        if not TABLES_PATH.exists():
+        source = _tables_file()
+        if source is None:
             tables = cls.from_pyxtal()
             tables.save(TABLES_PATH)
             return tables
-        with np.load(TABLES_PATH) as f:
+        with np.load(source) as f:
             orbit_ops = f["orbit_ops_x24"].astype(np.float64) / TRANSLATION_DENOMINATOR
             orbit_start = f["orbit_start"].astype(np.int64)
             mult = f["mult"].astype(np.int64)
@@ -77,7 +94,10 @@ class WyckoffTables:
     @classmethod
     def from_pyxtal(cls) -> WyckoffTables:
         """Build from pyxtal's Wyckoff database (general position first, letter 'a' last, op0 first)."""
-        from pyxtal.symmetry import Group
+        try:  # (in a `try`, so that transformers does not ask a model folder's remote code for pyxtal)
+            from pyxtal.symmetry import Group
+        except ImportError as exc:
+            raise ImportError(f"{TABLES_PATH.name} is missing and building it needs pyxtal: {exc}") from exc
 
         mult = np.zeros((NUM_SPACE_GROUPS, WYCK_TYPES), dtype=np.int64)
         orbit_start = np.zeros((NUM_SPACE_GROUPS, WYCK_TYPES), dtype=np.int64)

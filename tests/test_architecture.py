@@ -109,19 +109,24 @@ def imported_modules(source: str, module: str, is_package: bool, known: set[str]
     package = module.split(".") if is_package else module.split(".")[:-1]
     found = set()
     for node in ast.walk(ast.parse(source)):
+        floor = ""
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+                parent = package[: len(package) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+                # `from .missing import x` (a module that is not in the package, e.g. one only a model folder's
+                # remote code has) imports nothing of it, not the package above it
+                floor = ".".join(parent) if node.module else ""
             names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
         else:
             continue
         for name in names:
             while name and name not in known:
                 name = name.rpartition(".")[0]
-            if name and name != module:
+            if name and name != module and not (floor and len(name) <= len(floor)):
                 found.add(name)
     return found
 

@@ -105,6 +105,19 @@ class CrystalFormerConfig(PreTrainedConfig):
     lambda_a: float | int = 1.0
     lambda_l: float | int = 1.0
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """`PreTrainedConfig.get_config_dict`, refusing the config of another kind of model (transformers only warns,
+        then loads whatever the file holds into a CrystalFormer)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: config.json is for a model of type {model_type!r}, "
+                f"not a CrystalFormer ({cls.model_type!r})"
+            )
+        return config_dict, kwargs
+
     # Derived sizes (reference §2.1).
     @property
     def coord_types(self) -> int:

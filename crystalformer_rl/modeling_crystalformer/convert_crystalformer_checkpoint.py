@@ -330,6 +330,7 @@ def load_crystalformer_checkpoint(path_or_hub_file, config=None, model_class=Non
     params = load_checkpoint_pickle(path)["params"]
     config = infer_config(params, config)
     state_dict = convert_params(params, config, dtype=dtype)
+    _check_finite(state_dict, path)
     model = model_class(config).to(dtype)
     expected = model.state_dict()
     for key, tensor in state_dict.items():
@@ -338,11 +339,49 @@ def load_crystalformer_checkpoint(path_or_hub_file, config=None, model_class=Non
                 f"{key}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(expected[key].shape)}"
             )
     model.load_state_dict(state_dict, strict=True)
+    _set_converted_card(model, path_or_hub_file)  # the card `save_pretrained` writes
     return model.eval()
 
 
+def _set_converted_card(model, source) -> None:
+    model.model_card_text = converted_model_card_text(model, str(source))
+    base = _hub_repo_of(source)
+    model.model_card_metadata = {"base_model": base} if base else None
+
+
+def _hub_repo_of(path_or_hub_file) -> str | None:
+    """The Hub repository a checkpoint name points into (``owner/repo``), ``None`` for a local file."""
+    text = str(path_or_hub_file)
+    if text in OFFICIAL_CHECKPOINTS:
+        return OFFICIAL_CHECKPOINTS[text][0]
+    parts = text.removeprefix("hf://").split("/")
+    if isinstance(path_or_hub_file, Path) or os.path.exists(text) or len(parts) < 3:
+        return None
+    return "/".join(parts[:2])
+
+
+def _check_finite(state_dict: dict[str, torch.Tensor], path) -> None:
+    """Refuse weights with NaN or infinite values: such a model samples nothing but NaN."""
+    bad = [name for name, tensor in state_dict.items() if not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ValueError(
+            f"{path}: the checkpoint holds NaN or infinite weights ({len(bad)} of {len(state_dict)} tensors, "
+            f"e.g. {bad[0]}); refusing to convert it"
+        )
+
+
 def write_converted_model_card(model, source: str, output_dir: str | os.PathLike) -> Path:
-    """``README.md`` of a converted checkpoint: where it came from, its size, and the likelihood convention it
+    """Write ``README.md`` of a converted checkpoint (:func:`converted_model_card_text`, with the Hub's metadata),
+    replacing any card in ``output_dir``."""
+    from .hub_crystalformer import MODEL_CARD_FILE, write_model_card
+
+    _set_converted_card(model, source)
+    (Path(output_dir) / MODEL_CARD_FILE).unlink(missing_ok=True)
+    return write_model_card(model, output_dir)
+
+
+def converted_model_card_text(model, source: str) -> str:
+    """The text of a converted checkpoint's card: where it came from, its size, and the likelihood convention it
     loads with (``reserve_lattice_site``), the one place where this port deliberately differs from the reference."""
     config = model.config
     reserved = bool(config.reserve_lattice_site)
@@ -356,10 +395,7 @@ def write_converted_model_card(model, source: str, output_dir: str | os.PathLike
         else "`reserve_lattice_site: false`: the reference's convention exactly (a crystal filling all `n_max` "
         "sites reads its lattice from the last site's row, as JAX clamps the index)."
     )
-    text = f"""---
-library_name: transformers
-tags: [crystalformer, crystal-generation, materials]
----
+    return f"""
 # CrystalFormer, converted from `{Path(str(source)).name}`
 
 Converted with `crystalformer-rl convert` from the official CrystalFormer (JAX/Haiku) checkpoint `{source}`.
@@ -377,6 +413,3 @@ log-likelihoods (`tests/test_convert_checkpoint.py`).
 
 {convention}
 """
-    path = Path(output_dir) / "README.md"
-    path.write_text(text)
-    return path

@@ -20,8 +20,10 @@ safe in float64).
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -365,6 +367,85 @@ class CrystalFormerPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False  # the loss is a batch mean: let the Trainer scale it for gradient accumulation
     _no_split_modules = ["CrystalFormerBlock"]
     supports_gradient_checkpointing = False
+    #: ``{space group: count}`` of the training data, read from the folder the model was loaded from and written by
+    #: ``save_pretrained`` (``space_group_distribution.json``); ``None`` if unknown
+    space_group_distribution: dict[int, int] | None = None
+    #: the crystal tokenizer's config (``tokenizer_config.json``) of that folder, written back by ``save_pretrained``
+    tokenizer_config: dict | None = None
+    #: text and metadata of the model card `save_pretrained` writes where the folder has none (e.g. a converted
+    #: checkpoint's); by default a generic card
+    model_card_text: str | None = None
+    model_card_metadata: dict | None = None
+
+    # -- model folders (see `hub_crystalformer.py`) -----------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, keeping the folder's space-group distribution and tokenizer config."""
+        from .hub_crystalformer import load_folder_files
+
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        load_folder_files(loaded[0] if isinstance(loaded, tuple) else loaded, pretrained_model_name_or_path, **kwargs)
+        return loaded
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, state_dict=None, push_to_hub=False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, writing a whole model folder: config (with `auto_map`), weights, the
+        remote code (`AutoModel.from_pretrained(folder, trust_remote_code=True)` needs only torch and
+        transformers), tokenizer config, space-group distribution and a model card with the Hub's metadata.
+        `push_to_hub=True` then uploads the folder (to `repo_id`, default: the folder's name)."""
+        from .hub_crystalformer import auto_map, write_model_folder
+
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "create_pr") if k in kwargs}
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map(self)}
+        super().save_pretrained(save_directory, is_main_process=is_main_process, state_dict=state_dict, **kwargs)
+        if is_main_process:
+            write_model_folder(self, save_directory)
+            if push_to_hub:
+                repo_id = hub.pop("repo_id", Path(save_directory).name)
+                return self._upload_model_folder(save_directory, repo_id, token=kwargs.get("token"), **hub)
+        return None
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+    ):
+        """Upload the model folder that `save_pretrained` writes (remote code, model card and all) to `repo_id`."""
+        if tags:
+            self.add_model_tags(tags)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            return self._upload_model_folder(
+                folder,
+                repo_id,
+                token=token,
+                private=private,
+                commit_message=commit_message,
+                commit_description=commit_description,
+                revision=revision,
+                create_pr=create_pr,
+            )
+
+    @staticmethod
+    def _upload_model_folder(folder, repo_id: str, token=None, private=None, commit_message=None, **kwargs):
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message or "Upload CrystalFormer model folder",
+            **kwargs,
+        )
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -14,13 +14,19 @@ against its own training set; the embedded model uses the training corpus shippe
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from ..utils import first_line, hub_offline, is_hub_repo_id
 
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MODEL_PATH = Path(__file__).with_name("default")
+#: the space-group counts of a model's training data in its folder (written by ``save_pretrained``; the name is
+#: ``modeling_crystalformer.hub_crystalformer.SPACE_GROUP_FILE``, repeated here so that importing this module stays
+#: light, and checked equal by the tests)
 SPACE_GROUP_FILE = "space_group_distribution.json"
 #: the official Alex-20 checkpoint in the form every loader takes (``load_model``, ``load_crystalformer_checkpoint``,
 #: ``convert``); ``load_model`` also accepts ``owner/repo:path.pkl``
@@ -94,12 +100,63 @@ def load_model(name_or_path: str | os.PathLike | None = None, **kwargs):
 
 
 def space_group_distribution(name_or_path: str | os.PathLike | None = None) -> dict[int, int] | None:
-    """Space-group counts of the model's training data, if the model folder carries them."""
-    folder = DEFAULT_MODEL_PATH if _is_default(name_or_path) else Path(str(name_or_path))
-    path = folder / SPACE_GROUP_FILE
-    if not path.is_file():
+    """Space-group counts of the model's training data, if the model (a local folder, or a Hub model in reach)
+    carries them (:data:`SPACE_GROUP_FILE`); ``None``, with a warning naming the model, if not."""
+    from ..modeling_crystalformer.hub_crystalformer import find_model_file, read_space_group_distribution
+
+    name = DEFAULT_MODEL_PATH if _is_default(name_or_path) else str(name_or_path)
+    path = None
+    if Path(name).expanduser().is_dir() or is_hub_repo_id(str(name)):
+        try:
+            path = find_model_file(name, SPACE_GROUP_FILE)
+        except OSError:  # a Hub model out of reach
+            path = None
+    if path is None:
+        logger.warning(
+            "model %s carries no %s: space groups not given are drawn uniformly from 1..230", name, SPACE_GROUP_FILE
+        )
         return None
-    return {int(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    return read_space_group_distribution(path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Equal bytes; for ``config.json`` equal contents but for the transformers version that wrote it."""
+    if not (a.is_file() and b.is_file()):
+        return False
+    if a.name == "config.json":
+        return {**json.loads(a.read_text()), "transformers_version": None} == {
+            **json.loads(b.read_text()),
+            "transformers_version": None,
+        }
+    return a.read_bytes() == b.read_bytes()
+
+
+def refresh_model_folder(folder: str | os.PathLike = DEFAULT_MODEL_PATH, write: bool = True) -> list[str]:
+    """Load the model of ``folder`` and save it again as ``save_pretrained`` writes a folder now (remote code,
+    ``auto_map``, tokenizer config, space-group distribution, model-card metadata; a card's text is kept), on a
+    copy of the folder. Returns the names of the files that this changes or adds (``config.json`` counts as
+    unchanged if only its ``transformers_version`` differs); ``write`` copies them into ``folder``.
+
+    The embedded default model is kept up to date with ``python -c "from crystalformer_rl.pretrained import
+    refresh_model_folder; print(refresh_model_folder())"``; the tests check that this changes nothing.
+    """
+    import shutil
+    import tempfile
+
+    from ..modeling_crystalformer import CrystalFormerForCrystalGeneration
+
+    folder = Path(folder)
+    model = CrystalFormerForCrystalGeneration.from_pretrained(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / folder.name
+        shutil.copytree(folder, work)
+        model.save_pretrained(work)
+        del model  # its weights may be mapped from the file about to be replaced
+        changed = [p.name for p in sorted(work.iterdir()) if not _same_file(p, folder / p.name)]
+        if write:
+            for name in changed:
+                shutil.copyfile(work / name, folder / name)
+    return changed
 
 
 def model_reference(name_or_path: str | os.PathLike | None = None) -> Path | None:
@@ -126,5 +183,6 @@ __all__ = [
     "ModelNotFoundError",
     "load_model",
     "model_reference",
+    "refresh_model_folder",
     "space_group_distribution",
 ]
