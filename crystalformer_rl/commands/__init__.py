@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,12 +36,38 @@ if TYPE_CHECKING:
     from .parser import CommandParser
 
 
-__all__ = ["COMMANDS", "Command", "CommandArguments", "CommandParser", "build_parser", "main", "parse_args"]
+__all__ = [
+    "COMMANDS",
+    "Command",
+    "CommandArguments",
+    "CommandParser",
+    "build_parser",
+    "main",
+    "naming_input",
+    "parse_args",
+]
 # the parser imports TRL: loaded to parse a command, not to print a stored --help
 __getattr__, _ = lazy_exports(__name__, {"CommandArguments": ".parser", "CommandParser": ".parser"})
 
-# What a user can fix from the message alone; anything else keeps its traceback (it is a bug).
+# What a user can fix from the message alone: one line, exit status 2. Anything else is a bug: one line naming its
+# type and pointing at --debug, exit status 1. Ctrl-C: one line, exit status 130. `--debug` keeps the traceback.
 USAGE_ERRORS = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+INTERRUPTED = 130
+
+
+@contextmanager
+def naming_input(option: str, value) -> Iterator[None]:
+    """Inside the block, a failure to read the user's input ``value`` (given as ``option``) becomes a one-line
+    `UsageError` naming both, whatever the library raised (an `OSError`, a pickle, safetensors, YAML, Arrow or
+    ASE error, ...): the model folder without weights and the corrupt parquet file are the user's to fix."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except Exception as exc:
+        reason = one_line(exc)
+        reason = reason if type(exc).__name__ in ("OSError", "ValueError") else f"{type(exc).__name__}: {reason}"
+        raise UsageError(f"{option} {value}: {reason}") from exc
 
 
 @dataclass(frozen=True)
@@ -201,8 +229,22 @@ def main(argv: list[str] | None = None) -> int:
             return exc.code or 0
         print(exc.code, file=sys.stderr)
         return 1
-    except USAGE_ERRORS as exc:
+    except KeyboardInterrupt:
         if debug:
             raise
+        print(f"crystalformer-rl {command}: interrupted; the files already written are kept", file=sys.stderr)
+        return INTERRUPTED
+    except USAGE_ERRORS as exc:
+        if debug:  # the library's own exception, where one was named as an input error
+            raise (exc.__cause__ if isinstance(exc.__cause__, Exception) else exc) from None
         print(f"crystalformer-rl {command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if debug:
+            raise
+        print(
+            f"crystalformer-rl {command}: internal error: {type(exc).__name__}: {one_line(exc)} "
+            f"(`crystalformer-rl --debug {command} ...` shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -16,6 +16,7 @@ from ..modeling_crystalformer.convert_crystalformer_checkpoint import (
     load_crystalformer_checkpoint,
     write_converted_model_card,
 )
+from . import naming_input
 from .parser import CommandArguments
 
 
@@ -25,6 +26,7 @@ class ConvertArguments(CommandArguments):
     positionally. Its ``--config`` is the checkpoint's JSON hyper-parameters, not a YAML file of options."""
 
     positionals = ("checkpoint", "output_dir")
+    ranges = {"num_heads": (1, True), "key_size": (1, True), "Kx": (1, True), "n_max": (2, True)}
 
     checkpoint: str = field(
         metadata={
@@ -52,7 +54,8 @@ class ConvertArguments(CommandArguments):
 
 
 def run_convert(args: ConvertArguments):
-    config = _as_config_kwargs(args.model_config)
+    with naming_input("--model_config", args.model_config):
+        config = _as_config_kwargs(args.model_config)
     for key, value in (
         ("num_attention_heads", args.num_heads),
         ("head_dim", args.key_size),
@@ -62,9 +65,10 @@ def run_convert(args: ConvertArguments):
         if value is not None:
             config[key] = value
     hub_kwargs = {"cache_dir": args.cache_dir} if args.cache_dir else {}
-    model = load_crystalformer_checkpoint(
-        args.checkpoint, config=config or None, dtype=getattr(torch, args.dtype), **hub_kwargs
-    )
+    with naming_input("checkpoint", args.checkpoint):  # a refused pickle, a truncated file, wrong shapes
+        model = load_crystalformer_checkpoint(
+            args.checkpoint, config=config or None, dtype=getattr(torch, args.dtype), **hub_kwargs
+        )
     model.save_pretrained(args.output_dir)
     write_converted_model_card(model, str(args.checkpoint), args.output_dir)
     if args.push_to_hub:

@@ -18,6 +18,7 @@ from ..materials.ehull import EhullCalculator
 from ..materials.hull import ReferenceHull
 from ..materials.io import LoadedCrystals, load_crystals, read_table
 from ..materials.matching import ReferenceIndex
+from . import naming_input
 from .parser import CommandArguments
 
 
@@ -29,6 +30,14 @@ class EvaluateArguments(CommandArguments):
     """The options of ``crystalformer-rl evaluate``; ``input`` can also be given first, positionally."""
 
     positionals = ("input",)
+    ranges = {
+        "batch_size": (1, True),
+        "limit": (1, True),
+        "symprec": (0, False),
+        "fmax": (0, False),
+        "steps": (1, True),
+        "sampling_seconds": (0, False),
+    }
 
     input: str = field(
         metadata={
@@ -121,6 +130,7 @@ class EvaluateArguments(CommandArguments):
     progress: bool = field(default=True, metadata={"help": "Show progress bars (--no_progress: hide them)."})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.scatter is not None and len(self.scatter) != 2:
             raise ValueError(f"{self._option('scatter')}: expected 2 arguments (X Y), got {len(self.scatter)}")
 
@@ -177,8 +187,12 @@ def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
     progress, stability = args.progress, args.stability
     reference = None
     if args.novelty and args.reference is not None:  # a wrong reference fails before the crystals are read
-        reference = ReferenceIndex.from_file(args.reference, column=args.reference_column, progress=progress)
-    loaded = load_crystals(args.input, column=args.column, limit=args.limit, progress=progress)
+        with naming_input("--reference", args.reference):
+            reference = ReferenceIndex.from_file(args.reference, column=args.reference_column, progress=progress)
+    with naming_input("input", args.input if args.column is None else f"{args.input} --column {args.column}"):
+        loaded = load_crystals(args.input, column=args.column, limit=args.limit, progress=progress)
+    if len(loaded) == 0:
+        raise UsageError(f"input {args.input}: no crystals to evaluate (an empty table or folder)")
     origin = args.reference
     if args.novelty and reference is None:
         choice = default_reference(loaded.metadata)
@@ -192,7 +206,8 @@ def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
     ehull = None
     if stability and (args.calculator or args.hull):
         hull = ReferenceHull.from_file(args.hull, energy_scale=args.hull_energy_scale) if args.hull else None
-        ehull = EhullCalculator(args.calculator, hull)
+        with naming_input("--calculator", args.calculator):
+            ehull = EhullCalculator(args.calculator, hull)
 
     sampling_seconds, seconds_origin = _sampling_seconds(args, loaded)
     result = evaluate_structures(

@@ -24,9 +24,29 @@ from ..errors import UsageError, one_line
 
 class CommandArguments:
     """Base of a command's arguments dataclass: its errors name the flag as argparse does (``argument
-    --num_samples/-n``), and ``positionals`` names the fields also given positionally."""
+    --num_samples/-n``), and ``positionals`` names the fields also given positionally.
 
-    positionals: tuple[str, ...] = ()  # a class attribute, not a field
+    At construction (so at parse time) it checks the numeric fields named in ``ranges`` (field -> smallest
+    allowed value, and whether the value may equal it), and makes a scalar given to a list field
+    (``space_group: 225`` or ``elements: La`` in a YAML file) a one-item list. A subclass's ``__post_init__`` calls
+    this one first."""
+
+    positionals: tuple[str, ...] = ()  # class attributes, not fields
+    ranges: dict[str, tuple[float, bool]] = {}
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "list[" in str(f.type) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                value = [value]
+                setattr(self, f.name, value)
+            if f.name in self.ranges and isinstance(value, (int, float)) and not isinstance(value, bool):
+                low, inclusive = self.ranges[f.name]
+                if value < low or (value == low and not inclusive):
+                    rule = f"use at least {low}" if inclusive else f"use a number > {low}"
+                    raise ValueError(f"{self._option(f.name)}: {value}: {rule}")
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()
 
     @classmethod
     def _option(cls, name: str) -> str:
@@ -135,6 +155,7 @@ class CommandParser(TrlParser):
             config = argv[index + 1] if index + 1 < len(argv) else ""
             if not Path(config).is_file():
                 raise UsageError(f"--config {config}: no such file; pass a YAML file (e.g. configs/rl_ehull.yaml)")
+            _check_yaml(config)
         try:
             if self.yaml_config:
                 *parsed, from_config, from_args = self.parse_args_and_config(
@@ -145,11 +166,54 @@ class CommandParser(TrlParser):
                 from_config = []
         except ValueError as exc:  # a field's __post_init__ check names the option
             raise UsageError(one_line(exc)) from exc
+        for config in parsed:
+            _check_training_ranges(config)
         if from_args:
             raise UsageError(f"unknown option(s) {' '.join(from_args)}; see `{self.prog} --help`")
         if from_config:
             raise UsageError(f"--config: unknown key(s) {from_config}; see `{self.prog} --help`")
         return tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
+
+
+# The numeric options of TrainingArguments (and TRL's configs) that the trainers would take and fail on late (or
+# silently misuse): option -> (smallest allowed value, whether it may equal it).
+TRAINING_RANGES = {
+    "learning_rate": (0, True),
+    "per_device_train_batch_size": (1, True),
+    "per_device_eval_batch_size": (1, True),
+    "gradient_accumulation_steps": (1, True),
+    "num_train_epochs": (0, False),
+    "logging_steps": (0, False),
+    "save_steps": (0, False),
+    "num_iterations": (1, True),
+    "num_generations": (2, True),
+}
+
+
+def _check_training_ranges(config) -> None:
+    for name, (low, inclusive) in TRAINING_RANGES.items():
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value < low or (value == low and not inclusive):
+                rule = f"use at least {low}" if inclusive else f"use a number > {low}"
+                raise UsageError(f"argument --{name}: {value}: {rule}")
+
+
+def _check_yaml(path: str) -> None:
+    """A ``--config`` file that is not a YAML mapping is one line naming the file and the place."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or one_line(exc)
+        raise UsageError(f"--config {path}: not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {path}: cannot be read ({one_line(exc)})") from None
+    if content is not None and not isinstance(content, dict):
+        raise UsageError(f"--config {path}: expected a mapping of option: value, got a {type(content).__name__}")
 
 
 def _declared_here(cls: type) -> set[str]:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..crystallography import DEFAULT_N_MAX
 from ..data.prepare import prepare_data
+from ..errors import UsageError
 from ..tokenization import CrystalTokenizer
+from ..utils import is_hub_repo_id
+from . import naming_input
 from .parser import CommandArguments
 
 
@@ -20,6 +24,7 @@ class PrepareDataArguments(CommandArguments):
     positionally."""
 
     positionals = ("source", "output_dir")
+    ranges = {"num_proc": (1, True), "shard_size": (1, True), "limit": (1, True), "n_max": (2, True)}
 
     source: str = field(
         metadata={"help": "Hub dataset id (e.g. zdcao/alex-20) or a local CSV / parquet / JSON file or folder."}
@@ -36,17 +41,29 @@ class PrepareDataArguments(CommandArguments):
     )
 
 
+TABLE_SUFFIXES = (".csv", ".parquet", ".json", ".jsonl", ".gz", ".cif", ".zip", ".bz2", ".xz")
+
+
 def run_prepare_data(args: PrepareDataArguments) -> dict[str, Any]:
-    summary = prepare_data(
-        args.source,
-        args.output_dir,
-        split=args.split,
-        streaming=args.streaming,
-        tokenizer=CrystalTokenizer(n_max=args.n_max),
-        num_proc=args.num_proc,
-        shard_size=args.shard_size,
-        limit=args.limit,
-        keep_structure=args.structure,
-    )
+    source = Path(args.source)
+    if not source.exists() and (
+        not is_hub_repo_id(args.source) or args.source.startswith(".") or source.suffix.lower() in TABLE_SUFFIXES
+    ):
+        raise UsageError(
+            f"source {args.source}: no such file or folder (a local path: check its spelling; a Hub dataset id "
+            "has the form owner/name)"
+        )
+    with naming_input("source", args.source):
+        summary = prepare_data(
+            args.source,
+            args.output_dir,
+            split=args.split,
+            streaming=args.streaming,
+            tokenizer=CrystalTokenizer(n_max=args.n_max),
+            num_proc=args.num_proc,
+            shard_size=args.shard_size,
+            limit=args.limit,
+            keep_structure=args.structure,
+        )
     print(json.dumps(summary, indent=2))
     return summary

@@ -25,6 +25,7 @@ from ..trainers.utils import (
     write_model_reference,
 )
 from ..utils import is_hub_repo_id
+from . import naming_input
 
 
 # -------------------------------------------------------------------------------------------------- pretrain
@@ -123,7 +124,8 @@ def run_pretrain(script: PretrainScriptArguments, config):
     if script.validation_data not in (None, *NO_DATA):
         valid_files = _data_files("--validation_data", script.validation_data, DEFAULT_VALIDATION_DATA)
     checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
-    model = load_model(script.model) if script.model else None  # an unknown model fails before the data loads
+    with naming_input("--model", script.model):  # an unknown model fails before the data loads
+        model = load_model(script.model) if script.model else None
     train = load_dataset("parquet", data_files=train_files, split="train", streaming=script.streaming)
     valid = load_dataset("parquet", data_files=valid_files, split="train") if valid_files else None
     if valid is None and config.eval_strategy != "no":  # Trainer refuses an eval strategy without eval data
@@ -192,8 +194,12 @@ def run_rl(script: RLScriptArguments, config):
     except ValueError as exc:
         raise UsageError(f"--reward_kwargs: not a JSON object ({exc})") from None
     checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, resume=script.resume)
-    model = load_model(script.model)
-    rewards = [load_reward(name, **reward_kwargs.get(name, {})) for name in script.rewards]
+    rewards = []
+    for name in script.rewards:  # a misspelt reward fails before the model loads
+        with naming_input("--rewards", name):
+            rewards.append(load_reward(name, **reward_kwargs.get(name, {})))
+    with naming_input("--model", script.model or "(the embedded model)"):
+        model = load_model(script.model)
     for reward, shared in share_caches(rewards):
         print(f"rewards: {reward.name} shares {shared.name}'s cache (the same values, computed once per crystal)")
     groups = fill_prompts(config.space_groups or training_space_groups(script.prompts, script.model), config)
@@ -246,7 +252,8 @@ def run_dpo(script: DPOScriptArguments, config):
         )
     script.reward_keywords()  # a bad --reward_kwargs fails before the model loads
     checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, resume=script.resume)
-    model = load_model(script.model)
+    with naming_input("--model", script.model or "(the embedded model)"):
+        model = load_model(script.model)
 
     # The main process builds (or reuses) the pairs and writes them; the others read what it wrote.
     output_dir, state = Path(config.output_dir), PartialState()
@@ -301,7 +308,8 @@ def run_sft(script: SFTScriptArguments, config, ehull_fn=None, relax_fn=None):
     from ..trainers.pretrain_trainer import CrystalPretrainer
     from ..trainers.sft import build_sft_dataset
 
-    model = load_model(script.model)
+    with naming_input("--model", script.model or "(the embedded model)"):
+        model = load_model(script.model)
     dataset, counts = build_sft_dataset(
         model.eval(),
         Path(config.output_dir),
