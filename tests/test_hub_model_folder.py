@@ -158,10 +158,11 @@ def test_save_pretrained_writes_a_whole_model_folder(tmp_path, default_model):
 
 
 def test_model_card_keeps_its_text_and_gets_metadata(tmp_path):
-    (tmp_path / "README.md").write_text("# My model\n\nTrained on my crystals.\n")
+    (tmp_path / "README.md").write_text("---\nbase_model: /runs/base\n---\n# My model\n\nTrained on my crystals.\n")
     tiny_model().save_pretrained(tmp_path)
     card = ModelCard.load(tmp_path / "README.md")
     assert card.text == "# My model\n\nTrained on my crystals.\n"
+    assert card.data.base_model is None  # a local path: the Hub would refuse the card
     assert card.data.library_name == "transformers" and "custom_code" in card.data.tags
     # a new model has no tokenizer config of its own: the crystal tokenizer's, for its n_max
     assert json.loads((tmp_path / "tokenizer_config.json").read_text()) == {

@@ -153,19 +153,24 @@ def load_folder_files(model, name_or_path, **kwargs) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _is_hub_id(name) -> bool:
+    return isinstance(name, str) and _HUB_REPO_ID.fullmatch(name) is not None and not os.path.exists(name)
+
+
 def base_model_id(model) -> str | None:
     """The Hub id the model was loaded from (its ``base_model``), ``None`` for a local folder or a new model."""
     name = str(getattr(model.config, "_name_or_path", "") or "")
-    if not _HUB_REPO_ID.fullmatch(name) or os.path.exists(name):
-        return None
-    return name
+    return name if _is_hub_id(name) else None
 
 
 def model_card_metadata(model, existing: dict | None = None) -> dict:
     """The card's YAML metadata: ``existing`` (a card's own) completed with :data:`CARD_METADATA`, the tags of
-    :data:`CARD_TAGS` and ``model.model_tags``, and ``base_model`` where known."""
+    :data:`CARD_TAGS` and ``model.model_tags``, and ``base_model`` where known (a ``base_model`` that is no Hub id,
+    e.g. a local path, is dropped)."""
     metadata = {**CARD_METADATA, **(existing or {})}
     metadata["library_name"] = CARD_METADATA["library_name"]  # what loads it: transformers, with the remote code
+    if not _is_hub_id(metadata.get("base_model")):  # the Hub refuses a card whose base_model is a local path
+        metadata.pop("base_model", None)
     tags = metadata.get("tags") or []
     tags = [tags] if isinstance(tags, str) else list(tags)
     for tag in (*CARD_TAGS, *(getattr(model, "model_tags", None) or ())):
@@ -255,6 +260,21 @@ def write_model_folder(model, folder: str | os.PathLike) -> list[Path]:
     return written
 
 
+def upload_model_folder(folder, repo_id: str, token=None, private=None, commit_message=None, **kwargs):
+    """Upload a model folder as it is (e.g. a run's output folder, with its own model card and reference corpus) to
+    the Hub repository ``repo_id``, creating it if needed; ``kwargs`` go to `HfApi.upload_folder`."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message or "Upload CrystalFormer model folder",
+        **kwargs,
+    )
+
+
 __all__ = [
     "CARD_METADATA",
     "CARD_TAGS",
@@ -269,6 +289,7 @@ __all__ = [
     "model_remote_code",
     "read_space_group_distribution",
     "remote_code_files",
+    "upload_model_folder",
     "write_model_card",
     "write_model_folder",
 ]

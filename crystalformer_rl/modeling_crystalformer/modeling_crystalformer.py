@@ -393,7 +393,7 @@ class CrystalFormerPreTrainedModel(PreTrainedModel):
         remote code (`AutoModel.from_pretrained(folder, trust_remote_code=True)` needs only torch and
         transformers), tokenizer config, space-group distribution and a model card with the Hub's metadata.
         `push_to_hub=True` then uploads the folder (to `repo_id`, default: the folder's name)."""
-        from .hub_crystalformer import auto_map, write_model_folder
+        from .hub_crystalformer import auto_map, upload_model_folder, write_model_folder
 
         hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "create_pr") if k in kwargs}
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map(self)}
@@ -402,7 +402,7 @@ class CrystalFormerPreTrainedModel(PreTrainedModel):
             write_model_folder(self, save_directory)
             if push_to_hub:
                 repo_id = hub.pop("repo_id", Path(save_directory).name)
-                return self._upload_model_folder(save_directory, repo_id, token=kwargs.get("token"), **hub)
+                return upload_model_folder(save_directory, repo_id, token=kwargs.get("token"), **hub)
         return None
 
     def push_to_hub(
@@ -419,11 +419,13 @@ class CrystalFormerPreTrainedModel(PreTrainedModel):
         tags: list[str] | None = None,
     ):
         """Upload the model folder that `save_pretrained` writes (remote code, model card and all) to `repo_id`."""
+        from .hub_crystalformer import upload_model_folder
+
         if tags:
             self.add_model_tags(tags)
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, max_shard_size=max_shard_size)
-            return self._upload_model_folder(
+            return upload_model_folder(
                 folder,
                 repo_id,
                 token=token,
@@ -433,19 +435,6 @@ class CrystalFormerPreTrainedModel(PreTrainedModel):
                 revision=revision,
                 create_pr=create_pr,
             )
-
-    @staticmethod
-    def _upload_model_folder(folder, repo_id: str, token=None, private=None, commit_message=None, **kwargs):
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            commit_message=commit_message or "Upload CrystalFormer model folder",
-            **kwargs,
-        )
 
     @torch.no_grad()
     def _init_weights(self, module):
