@@ -34,3 +34,13 @@ def val():
     import pandas as pd
 
     return pd.read_csv(SHARED / "data" / "mp20_pilot" / "val.csv.gz")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A tiny random CrystalFormer saved as a model folder (seconds to sample or train)."""
+    from tests.helpers.rl_toy import tiny_model
+
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_model().save_pretrained(folder)
+    return folder

@@ -9,7 +9,6 @@ import pytest
 
 from crystalformer_rl.commands import main, parse_args
 from crystalformer_rl.pretrained import ModelNotFoundError
-from tests.helpers.rl_toy import tiny_model
 
 
 def run_cli(argv, capsys) -> tuple[int, list[str]]:
@@ -25,13 +24,6 @@ def assert_one_line(code: int, lines: list[str], *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_model().save_pretrained(folder)
-    return folder
 
 
 # ----------------------------------------------------------------------------------------------- sample
@@ -94,7 +86,11 @@ def test_evaluate_unknown_reference_hub_id_offline(capsys, tmp_path):
     argv = ["evaluate", str(samples), "--reference", "nobody/no-such-dataset", "--no_stability", "--no_progress"]
     code, lines = run_cli([*argv, "-o", str(tmp_path / "eval")], capsys)
     assert_one_line(code, lines, "reference nobody/no-such-dataset", "offline")
-    code, lines = run_cli([*argv[:3], str(tmp_path / "missing.parquet"), *argv[4:]], capsys)
+    # with -o under tmp_path too: before, this call wrote nothing but named the default folder, evaluation/, in the
+    # working directory (issue 36: an evaluation/ folder appeared at the repo root after a test run)
+    code, lines = run_cli(
+        [*argv[:3], str(tmp_path / "missing.parquet"), *argv[4:], "-o", str(tmp_path / "e2")], capsys
+    )
     assert_one_line(code, lines, "missing.parquet", "no such file or folder")
 
 
@@ -160,7 +156,7 @@ def test_rl_accepts_resume_from_checkpoint(tiny_folder, tmp_path, monkeypatch):
         (["--resume_from_checkpoint", str(out / "checkpoint-3")], str(out / "checkpoint-3")),
         (["--resume_from_checkpoint", "last"], str(out / "checkpoint-6")),
         (["--resume", "true"], str(out / "checkpoint-6")),
-        ([], None),
+        (["--overwrite_output_dir"], None),  # without it or a resume, the used folder is refused (issue 36)
     ):
         seen.clear()
         with pytest.raises(_Stop):

@@ -71,7 +71,7 @@ def test_prepare_resumes_without_redoing_finished_shards(mixed_csv, tmp_path):
     summary = prepare_data(mixed_csv, out, shard_size=5, progress=False)
     assert shards[0].stat().st_mtime_ns == stamp and shards[1].exists()
     assert summary["encoded"] == 8
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="other arguments"):
         prepare_data(mixed_csv, out, shard_size=3, progress=False)
 
 

@@ -269,11 +269,6 @@ def test_element_symbols_are_pymatgens():
     assert element_symbols() == ("X", *(Element.from_Z(z).symbol for z in range(1, 119)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fix lives in crystalformer_rl/trainers/utils.py (write_base_model_files): copy, never os.link; "
-    "remove this mark with that change",
-)
 def test_run_folders_get_a_copy_of_the_reference_not_a_hard_link(tmp_path):
     """Issue 36 item 11: every RL run folder got reference_corpus.csv.gz as a hard link into the installed package,
     so editing it edited the package."""

@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from crystalformer_rl.commands import main, parse_args
-from tests.helpers.rl_toy import tiny_model
 
 
 def run_cli(argv, capsys) -> tuple[int, list[str]]:
@@ -24,13 +23,6 @@ def assert_one_line(code, lines, *fragments):
     assert len(lines) == 1 and "Traceback" not in lines[0], lines
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_model().save_pretrained(folder)
-    return folder
 
 
 # ------------------------------------------------------------------------------------------- bad model folders
@@ -199,3 +191,281 @@ def test_an_unexpected_error_is_one_line_pointing_at_debug(capsys, monkeypatch):
     code = main(["sample", "-n", "2"])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and "ZeroDivisionError" in lines[0] and "--debug" in lines[0]
+
+
+# ================================================================================ issue 36, the rest: nothing lost
+NACL = "225-a-Na-0-0-0-b-Cl-1/2-1/2-1/2-5.64-5.64-5.64-90-90-90"
+
+
+def _nacl_cif(**changes) -> str:
+    """NaCl (rock salt, primitive-free conventional cell) as CIF text, with a site or the cell changed."""
+    from pymatgen.core import Lattice, Structure
+
+    a = changes.get("a", 5.64)
+    structure = Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    if changes.get("close"):  # an extra Na 0.004 Å from the first one
+        structure.append("Na", [0.004 / a, 0, 0])
+    if changes.get("partial"):  # a half-occupied Na site
+        structure.replace(0, {"Na": 0.5})
+    return structure.to(fmt="cif")
+
+
+def _cifs(folder):
+    return sorted(p.name for p in (folder / "cifs").glob("*.cif"))
+
+
+def _sample(tiny_folder, out, *extra):
+    return ["sample", "--model", str(tiny_folder), "-g", "225", "-o", str(out), "--batch_size", "2", *extra]
+
+
+# --------------------------------------------------------------------------------------- 1. used output folders
+def test_sample_into_a_used_folder_is_refused_and_overwrite_leaves_only_the_new_run(capsys, tiny_folder, tmp_path):
+    """Issue 36 case 4: `sample -n 20 -o h; sample -n 5 -o h --seed 2` left 15 stale CIFs beside the 5 new ones."""
+    out = tmp_path / "h"
+    assert main(_sample(tiny_folder, out, "-n", "6")) == 0
+    before = (out / "samples.csv").read_bytes()
+    code, lines = run_cli(_sample(tiny_folder, out, "-n", "3", "--seed", "2"), capsys)
+    assert_one_line(code, lines, f"--output_dir {out}", "earlier run", "--overwrite")
+    assert (out / "samples.csv").read_bytes() == before
+    assert main(_sample(tiny_folder, out, "-n", "3", "--seed", "2", "--overwrite")) == 0
+    import pandas as pd
+
+    table = pd.read_csv(out / "samples.csv")
+    assert len(table) == 3 and json.loads((out / "sampling.json").read_text())["num_samples"] == 3
+    assert _cifs(out) == sorted(f"{i}.cif" for i in table[table.valid_tokens].id)
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate", "prepare-data", "rl"])
+def test_an_output_folder_that_is_a_file_or_unwritable_is_refused_before_any_work(capsys, tmp_path, command):
+    """Issue 36 case 5: an unwritable output folder, or an -o naming a file, failed only after all the work."""
+    samples = tmp_path / "samples.csv"
+    samples.write_text(f"tokens\n{NACL}\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    for out in (a_file, a_file / "below", "/proc/no-such-folder/out"):
+        argv = {
+            "sample": ["sample", "-n", "2", "-o", str(out)],
+            "evaluate": ["evaluate", str(samples), "-o", str(out), "--no_progress"],
+            "prepare-data": ["prepare-data", str(samples), str(out), "--num_proc", "1"],
+            "rl": ["rl", "--output_dir", str(out), "--use_cpu", "true", "--max_steps", "3"],
+        }[command]
+        code, lines = run_cli(argv, capsys)
+        assert_one_line(code, lines, str(out))
+        assert "not writable" in lines[0] or "file" in lines[0], lines[0]
+
+
+def _rl(tiny_folder, out, *extra):
+    return [
+        "rl", "--model", str(tiny_folder), "--rewards", "tests.helpers.rl_toy:anion_fraction",
+        "--output_dir", str(out), "--per_device_train_batch_size", "8", "--num_generations", "2",
+        "--max_steps", "3", "--save_steps", "3", "--use_cpu", "true", "--disable_tqdm", "true",
+        "--report_to", "none", *extra,
+    ]  # fmt: skip
+
+
+def test_rl_rerun_into_a_used_folder_is_refused_and_a_finished_run_resumed_is_a_no_op(capsys, tiny_folder, tmp_path):
+    """Issue 36 cases 1 and 2: re-running `rl` into a run folder replaced the trained model; resuming a finished run
+    trained a step past --max_steps and replaced the final model."""
+    out = tmp_path / "rl"
+    assert main(_rl(tiny_folder, out)) == 0
+    capsys.readouterr()
+    model = (out / "model.safetensors").read_bytes()
+    code, lines = run_cli(_rl(tiny_folder, out), capsys)
+    assert_one_line(code, lines, f"--output_dir {out}", "--overwrite_output_dir", "--resume_from_checkpoint")
+    assert (out / "model.safetensors").read_bytes() == model
+    code = main(_rl(tiny_folder, out, "--resume_from_checkpoint", "last"))
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if "already" in line]
+    assert code == 0 and len(notes) == 1 and "max_steps 3" in notes[0], captured.err
+    assert (out / "model.safetensors").read_bytes() == model
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    # --overwrite_output_dir starts afresh: the old checkpoints go, so `last` can never mean the earlier run's
+    (out / "checkpoint-3" / "marker").write_text("old run")
+    assert main(_rl(tiny_folder, out, "--overwrite_output_dir", "--seed", "7")) == 0
+    assert not (out / "checkpoint-3" / "marker").exists()
+
+
+def test_rl_save_steps_are_aligned_to_the_sampling_cycle_with_a_note(caplog):
+    """Issue 36 case 11: `rl --max_steps 60 --save_steps 1000 --num_iterations 3` was refused."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        _, config = parse_args("rl", ["--max_steps", "60", "--save_steps", "1000", "--num_iterations", "3"])
+    assert config.save_steps % 3 == 0 and abs(config.save_steps - 1000) < 3
+    notes = [r.getMessage() for r in caplog.records if "save_steps" in r.getMessage()]
+    assert len(notes) == 1 and "\n" not in notes[0] and str(int(config.save_steps)) in notes[0]
+    with pytest.raises(ValueError, match="max_steps=61"):  # the final checkpoint must still resume exactly
+        parse_args("rl", ["--max_steps", "61", "--save_steps", "3", "--num_iterations", "3"])
+
+
+# ------------------------------------------------------------------------------------ 3. writing as they go
+def test_sample_ctrl_c_keeps_the_finished_batches(capsys, tiny_folder, tmp_path, monkeypatch):
+    """Issue 36 case 5: Ctrl-C during a long `sample` printed a traceback and wrote nothing."""
+    import crystalformer_rl.sampling as sampling
+
+    add, calls = sampling.SampleWriter.add, []
+
+    def add_then_interrupt(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        add(self, *args)
+
+    monkeypatch.setattr(sampling.SampleWriter, "add", add_then_interrupt)
+    out = tmp_path / "s"
+    code, lines = run_cli(_sample(tiny_folder, out, "-n", "10"), capsys)
+    assert code == 130 and len(lines) == 1 and "interrupted after 4 of 10" in lines[0], lines
+    import pandas as pd
+
+    assert len(pd.read_csv(out / "samples.csv")) == 4
+    meta = json.loads((out / "sampling.json").read_text())
+    assert meta["interrupted"] and meta["num_samples"] == 4
+
+
+def test_sample_refuses_a_batch_that_would_not_fit_in_memory(capsys, tmp_path, monkeypatch):
+    """Issue 36 case 6: `sample -n 200000 --batch_size 200000` took 6 GB before the first progress tick."""
+    import crystalformer_rl.commands.sample as sample
+
+    monkeypatch.setattr(sample, "available_memory", lambda device: 4 * 2**30)
+    out = tmp_path / "big"
+    code, lines = run_cli(["sample", "-n", "200000", "--batch_size", "200000", "-o", str(out)], capsys)
+    assert_one_line(code, lines, "--batch_size 200000", "GiB")
+    assert not out.exists()
+
+
+def test_sample_reads_the_space_group_distribution_only_without_groups(tiny_folder, tmp_path, monkeypatch):
+    import crystalformer_rl.commands.sample as sample
+
+    def unwanted(model):
+        raise AssertionError("the distribution is not needed with -g")
+
+    monkeypatch.setattr(sample, "space_group_distribution", unwanted)
+    assert main(["--debug", *_sample(tiny_folder, tmp_path / "g", "-n", "2")]) == 0
+
+
+def _evaluate(inp, out, *extra):
+    return ["evaluate", str(inp), "-o", str(out), "--no_stability", "--no_novelty", "--no_progress", *extra]
+
+
+def test_evaluate_never_leaves_stale_outputs_beside_a_new_table(capsys, tmp_path):
+    """Issue 36 case 4: `evaluate` over an older result left a stale parquet file and stale plots."""
+    samples = tmp_path / "samples.csv"
+    samples.write_text(f"tokens\n{NACL}\n{NACL}\n")
+    out = tmp_path / "eval"
+    assert main(_evaluate(samples, out, "--format", "both")) == 0
+    assert (out / "structures.parquet").exists() and list(out.glob("*.png"))
+    code, lines = run_cli(_evaluate(samples, out, "--format", "csv", "--no_plots"), capsys)
+    assert_one_line(code, lines, f"--output_dir {out}", "earlier run", "--overwrite")
+    assert main(_evaluate(samples, out, "--format", "csv", "--no_plots", "--overwrite")) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["space_groups.csv", "structures.csv", "summary.json"]
+
+
+# ------------------------------------------------------------------------------------------------ 4. prepare-data
+def _pilot_csv(tmp_path, val, n):
+    path = tmp_path / f"pilot{n}.csv"
+    val.iloc[:n][["material_id", "cif"]].to_csv(path, index=False)
+    return path
+
+
+def test_prepare_data_resume_with_other_arguments_is_refused(capsys, tmp_path, val):
+    """Issue 36 case 3: `--limit 30`, then the same command without --limit, gave 280 of 300 rows, "failed: 0"."""
+    source, out = _pilot_csv(tmp_path, val, 12), tmp_path / "prepared"
+    argv = ["prepare-data", str(source), str(out), "--num_proc", "1", "--shard_size", "4"]
+    assert main([*argv, "--limit", "6"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["limit"] == 6
+    code, lines = run_cli([*argv, "--resume"], capsys)
+    assert_one_line(code, lines, str(out), "--limit")
+    code, lines = run_cli(argv, capsys)
+    assert_one_line(code, lines, str(out), "earlier run", "--overwrite", "--resume")
+    assert main([*argv, "--overwrite"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["encoded"] + summary["failed"] == 12
+    assert main([*argv, "--resume"]) == 0  # the same arguments: nothing left to do, the same counts
+    assert json.loads((out / "summary.json").read_text())["encoded"] == summary["encoded"]
+
+
+def test_prepare_data_keeps_invalid_crystals_out_of_the_shards(tmp_path):
+    """Issue 36 case 3: crystals with atoms 0.004 Å apart, or a 10^4 Å cell, went into training shards; a cif cell
+    holding a file path was opened as a local file."""
+    import pandas as pd
+
+    secret = tmp_path / "secret.cif"
+    secret.write_text(_nacl_cif())
+    rows = [("good", _nacl_cif()), ("close", _nacl_cif(close=True)), ("huge", _nacl_cif(a=1e4)), ("path", str(secret))]
+    source = tmp_path / "rows.csv"
+    pd.DataFrame(rows, columns=["material_id", "cif"]).to_csv(source, index=False)
+    out = tmp_path / "prepared"
+    assert main(["prepare-data", str(source), str(out), "--num_proc", "1"]) == 0
+    shards = pd.concat(pd.read_parquet(p) for p in (out / "shards").glob("shard-*.parquet"))
+    assert shards.id.tolist() == ["good"]
+    failures = pd.read_csv(out / "failures.csv").set_index("id")
+    assert set(failures.index) == {"close", "huge", "path"}
+    assert "0.004" in failures.error["close"] and "volume" in failures.error["huge"]
+    assert str(secret) in failures.error["path"] and "no such file" not in failures.error["path"]
+
+
+def test_prepare_data_failed_call_leaves_no_folder_in_the_way(capsys, tmp_path, val):
+    """Issue 36 case 5: a failed `prepare-data` left a folder that blocked the corrected command."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("material_id,structure_text\nx,y\n")
+    out = tmp_path / "prepared"
+    code, lines = run_cli(["prepare-data", str(bad), str(out), "--num_proc", "1"], capsys)
+    assert_one_line(code, lines, f"source {bad}")
+    assert main(["prepare-data", str(_pilot_csv(tmp_path, val, 3)), str(out), "--num_proc", "1"]) == 0
+
+
+def test_prepare_data_workers_leave_ctrl_c_to_the_main_process():
+    """Issue 36 case 5: the first Ctrl-C was ignored (the pool respawned its interrupted workers); now the workers
+    ignore SIGINT and the main process stops them at once."""
+    import signal
+
+    from crystalformer_rl.data import prepare
+    from crystalformer_rl.tokenization import CrystalTokenizer
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        prepare._init_worker(CrystalTokenizer().to_dict(), in_pool=True)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ------------------------------------------------------------------------------------ 5. invalid crystals
+def test_evaluate_partial_occupancy_and_unknown_elements_are_invalid(tmp_path):
+    """Issue 36 case 9: a partially occupied site was struct-valid and novel (its E_hull reason leaked an
+    AttributeError); a CIF with element Qq was struct-valid and novel."""
+    import pandas as pd
+
+    partial = _nacl_cif(partial=True)
+    qq = _nacl_cif().replace("Cl", "Qq")
+    source = tmp_path / "odd.csv"
+    pd.DataFrame({"id": ["good", "partial", "qq"], "cif": [_nacl_cif(), partial, qq]}).to_csv(source, index=False)
+    out = tmp_path / "eval"
+    reference = tmp_path / "reference.csv"
+    pd.DataFrame({"tokens": ["225-a-K-0-0-0-b-Br-1/2-1/2-1/2-6.6-6.6-6.6-90-90-90"]}).to_csv(reference, index=False)
+    argv = ["evaluate", str(source), "-o", str(out), "--no_progress", "--reference", str(reference)]
+    assert main([*argv, "--no_stability"]) == 0
+    table = pd.read_csv(out / "structures.csv").set_index("name")
+    assert table.struct_valid.tolist() == [True, False, False] and not table.novel[["partial", "qq"]].any()
+    assert "partial occupanc" in table.struct_reason["partial"] and "Qq" in str(table.loc["qq"].tolist())
+    text = (out / "structures.csv").read_text()
+    assert "AttributeError" not in text and "Traceback" not in text
+
+
+# ------------------------------------------------------------------------------------ 7. the run's model folder
+def test_rl_pushes_its_own_output_folder_with_a_hub_model_card(tiny_folder, tmp_path, monkeypatch):
+    """--push_to_hub_id uploads the run's folder as it is (its card, base-model files, remote code); the card gets
+    the Hub's metadata, without a base_model that is a local path."""
+    from huggingface_hub import ModelCard
+
+    from crystalformer_rl.modeling_crystalformer import hub_crystalformer
+
+    pushed = []
+    monkeypatch.setattr(hub_crystalformer, "upload_model_folder", lambda folder, repo: pushed.append((folder, repo)))
+    out = tmp_path / "rl"
+    assert main(_rl(tiny_folder, out, "--push_to_hub_id", "someone/tuned")) == 0
+    assert pushed == [(out, "someone/tuned")]
+    metadata = ModelCard.load(out / "README.md").data
+    assert metadata.library_name == "transformers" and metadata.pipeline_tag and "crystalformer" in metadata.tags
+    assert metadata.base_model is None  # tiny_folder is a local path
+    assert {"modeling_crystalformer.py", "tokenizer_config.json", "config.json"} <= {p.name for p in out.iterdir()}

@@ -224,12 +224,14 @@ def test_trl_advantage_normalisation_is_refused():
         CrystalRLConfig(output_dir="x", use_cpu=True, normalize_advantages=True)
 
 
-def test_save_steps_off_the_sampling_cycle_are_refused():
-    """A checkpoint between two sampled batches cannot resume exactly (TRL keeps no position in the μ updates)."""
-    with pytest.raises(ValueError, match=r"save_steps=4 is not a multiple of num_iterations=3"):
-        CrystalRLConfig(output_dir="x", use_cpu=True, save_strategy="steps", save_steps=4, num_iterations=3)
-    with pytest.raises(ValueError, match=r"save_steps=5 .*num_iterations=3"):  # 0.5 of 10 steps
-        CrystalRLConfig(output_dir="x", use_cpu=True, save_steps=0.5, max_steps=10)
+def test_save_steps_off_the_sampling_cycle_are_aligned():
+    """A checkpoint between two sampled batches cannot resume exactly (TRL keeps no position in the μ updates):
+    save_steps is rounded to a multiple of the sampling cycle, with a note (issue 36: it was refused)."""
+    assert (
+        CrystalRLConfig(output_dir="x", use_cpu=True, save_strategy="steps", save_steps=4, num_iterations=3).save_steps
+        == 3
+    )
+    assert CrystalRLConfig(output_dir="x", use_cpu=True, save_steps=0.4, max_steps=12).save_steps == 6  # 5 steps
     with pytest.raises(ValueError, match=r"max_steps=10 is not a multiple of num_iterations=3"):  # the final save
         CrystalRLConfig(output_dir="x", use_cpu=True, save_steps=6, max_steps=10)
     assert (

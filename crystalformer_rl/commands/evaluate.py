@@ -19,6 +19,7 @@ from ..materials.hull import ReferenceHull
 from ..materials.io import LoadedCrystals, load_crystals, read_table
 from ..materials.matching import ReferenceIndex
 from . import naming_input
+from .outputs import EVALUATE_OUTPUTS, check_output_dir
 from .parser import CommandArguments
 
 
@@ -127,6 +128,13 @@ class EvaluateArguments(CommandArguments):
     )
     format: Literal["csv", "parquet", "both"] = field(default="both", metadata={"help": "Per-structure table format."})
     plots: bool = field(default=True, metadata={"help": "Write the figures (--no_plots: none)."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace an earlier evaluation in --output_dir: its table, summary and plots are removed first "
+            "(without it such a folder is refused)."
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "Show progress bars (--no_progress: hide them)."})
 
     def __post_init__(self):
@@ -182,6 +190,7 @@ def _sampling_seconds(args: EvaluateArguments, loaded: LoadedCrystals) -> tuple[
 def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
     """Run ``crystalformer-rl evaluate``: writes the table, ``summary.json`` and plots; returns the summary."""
     _check_inputs(args)
+    check_output_dir(args.output_dir, "--output_dir", EVALUATE_OUTPUTS, overwrite=args.overwrite)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     progress, stability = args.progress, args.stability

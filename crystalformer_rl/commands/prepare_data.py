@@ -12,9 +12,11 @@ from typing import Any
 from ..crystallography import DEFAULT_N_MAX
 from ..data.prepare import prepare_data
 from ..errors import UsageError
+from ..materials.structures import check_structure
 from ..tokenization import CrystalTokenizer
 from ..utils import is_hub_repo_id
 from . import naming_input
+from .outputs import PREPARE_OUTPUTS, check_output_dir
 from .parser import CommandArguments
 
 
@@ -39,6 +41,13 @@ class PrepareDataArguments(CommandArguments):
     structure: bool = field(
         default=True, metadata={"help": "Copy the structure column into the shards (--no_structure: do not)."}
     )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue an interrupted run in output_dir (the same arguments; finished shards are kept)."},
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace an earlier run in output_dir (its shards and reports are removed)."}
+    )
 
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".json", ".jsonl", ".gz", ".cif", ".zip", ".bz2", ".xz")
@@ -53,6 +62,14 @@ def run_prepare_data(args: PrepareDataArguments) -> dict[str, Any]:
             f"source {args.source}: no such file or folder (a local path: check its spelling; a Hub dataset id "
             "has the form owner/name)"
         )
+    check_output_dir(
+        args.output_dir,
+        "output_dir",
+        PREPARE_OUTPUTS,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        resume_flag="--resume",
+    )
     with naming_input("source", args.source):
         summary = prepare_data(
             args.source,
@@ -64,6 +81,7 @@ def run_prepare_data(args: PrepareDataArguments) -> dict[str, Any]:
             shard_size=args.shard_size,
             limit=args.limit,
             keep_structure=args.structure,
+            check=check_structure,  # the checks of evaluate's E_hull: overlapping atoms, absurd cells, disorder
         )
     print(json.dumps(summary, indent=2))
     return summary

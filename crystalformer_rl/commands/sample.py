@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..crystallography import LETTERS, NUM_SPACE_GROUPS, letter_to_index
+from ..errors import UsageError
 from ..modeling_crystalformer import SamplingOptions
 from ..pretrained import load_model, space_group_distribution
-from ..sampling import crystals_to_frame, draw_space_groups, sample_crystals, write_samples
-from . import naming_input
+from ..sampling import SampleWriter, available_memory, draw_space_groups, iter_sample_batches, sampling_memory_estimate
+from . import INTERRUPTED, naming_input
+from .outputs import SAMPLE_OUTPUTS, check_output_dir
 from .parser import CommandArguments
 
 
@@ -42,6 +45,10 @@ class SampleArguments(CommandArguments, SamplingOptions):
     seed: int = field(default=0, metadata={"help": "Seed of the sampler and of the space-group draw."})
     batch_size: int = field(default=500, metadata={"help": "Crystals per sampling batch."})
     output_dir: str = field(default="samples", metadata={"help": "Where the files go.", "aliases": ["-o"]})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace an earlier run's files in --output_dir (without it such a folder is refused)."},
+    )
     format: list[str] = field(
         default_factory=lambda: ["csv", "cif"],
         metadata={"help": "Files to write.", "choices": ["csv", "cif", "extxyz"]},
@@ -78,16 +85,45 @@ class SampleArguments(CommandArguments, SamplingOptions):
                     )
 
 
+def _check_memory(args: SampleArguments, model) -> None:
+    """Refuse a batch whose sampler memory would take more than a quarter of what is free (one line, exit 2)."""
+    batch = min(args.batch_size, args.num_samples)
+    need = sampling_memory_estimate(model.config, batch)
+    free = available_memory(next(model.parameters()).device)
+    if free is not None and need > free / 4:
+        fits = max(1, int(batch * free / 4 / need))
+        raise UsageError(
+            f"--batch_size {args.batch_size}: a batch of {batch} crystals needs about {need / 2**30:.1f} GiB, more "
+            f"than a quarter of the {free / 2**30:.1f} GiB free; use --batch_size {min(fits, 500)} or less (the "
+            "speed barely changes above a few hundred)"
+        )
+
+
 def run_sample(args: SampleArguments) -> dict:
+    """``crystalformer-rl sample``: the output folder is checked first (another run's files there are refused
+    unless --overwrite), the model loads, and the crystals are written batch by batch (Ctrl-C keeps the finished
+    batches: their rows, CIFs and a metadata file marked interrupted)."""
+    check_output_dir(args.output_dir, "--output_dir", SAMPLE_OUTPUTS, overwrite=args.overwrite)
     torch.manual_seed(args.seed)
     with naming_input("--model", args.model or "(the embedded model)"):
         model = load_model(args.model).eval()
-        distribution = space_group_distribution(args.model)
+        distribution = None if args.space_group else space_group_distribution(args.model)
+    _check_memory(args, model)
     groups = draw_space_groups(args.num_samples, args.space_group, distribution, args.seed)
-    crystals, logps, seconds = sample_crystals(
-        model, groups, batch_size=args.batch_size, seed=args.seed, sampling_options=args
-    )
-    frame = crystals_to_frame(crystals, logps)  # the CIFs / extxyz hold the sampled tokens, not the 6-decimal strings
-    meta = write_samples(frame, Path(args.output_dir), args.format, seconds, dataclasses.asdict(args), crystals)
+    writer = SampleWriter(Path(args.output_dir), args.format, dataclasses.asdict(args))
+    batches = iter_sample_batches(model, groups, batch_size=args.batch_size, seed=args.seed, sampling_options=args)
+    try:
+        for crystals, logps, seconds in batches:  # the CIFs / extxyz hold the sampled tokens, not 6-decimal strings
+            writer.add(crystals, logps, seconds)
+    except KeyboardInterrupt:
+        batches.close()  # its progress bar ends its line before the note
+        writer.finish(interrupted=True)
+        print(
+            f"crystalformer-rl sample: interrupted after {writer.num_samples} of {args.num_samples} crystals; "
+            f"the finished batches are kept in {args.output_dir}",
+            file=sys.stderr,
+        )
+        raise SystemExit(INTERRUPTED) from None
+    meta = writer.finish()
     print(json.dumps({k: meta[k] for k in ("num_samples", "valid_tokens", "sampling_seconds", "files")}, indent=2))
     return meta

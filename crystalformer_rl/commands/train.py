@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..trainers.utils import (
 )
 from ..utils import is_hub_repo_id
 from . import naming_input
+from .outputs import TRAINING_OUTPUTS, check_output_dir
 
 
 # -------------------------------------------------------------------------------------------------- pretrain
@@ -45,6 +47,13 @@ class PretrainScriptArguments:
     model: str | None = field(default=None, metadata={"help": "Start from this model (folder, Hub id, .pkl)."})
     model_size: str = field(default="xs", metadata={"help": "Size of a new model: " + ", ".join(MODEL_SIZES)})
     streaming: bool = field(default=False, metadata={"help": "Stream the training data (needs --max_steps)."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an --output_dir that holds an earlier run (its checkpoints and model are removed); "
+            "without it, or --resume_from_checkpoint, such a folder is refused."
+        },
+    )
 
 
 def _parquet_files(source: str) -> list[str]:
@@ -107,6 +116,39 @@ def resolve_checkpoint(value: str | bool | None, output_dir: str, resume: bool =
     return text
 
 
+def check_run_folder(script, config) -> None:
+    """`TrainingArguments.overwrite_output_dir` semantics, before any work: an --output_dir holding an earlier run
+    (checkpoints, a model, a training log) is refused in one line unless the run resumes it or overwrites it (its
+    checkpoints and model are then removed, so `--resume_from_checkpoint last` can never pick up the earlier run)."""
+    requested = str(config.resume_from_checkpoint or "").strip().lower() not in ("", "false", "no", "none")
+    check_output_dir(
+        config.output_dir,
+        "--output_dir",
+        TRAINING_OUTPUTS,
+        overwrite=script.overwrite_output_dir,
+        overwrite_flag="--overwrite_output_dir",
+        resume=requested or getattr(script, "resume", False),
+        resume_flag="--resume_from_checkpoint last",
+    )
+
+
+def finished_run(checkpoint: str | None, config, command: str) -> bool:
+    """Whether ``checkpoint`` already reached ``--max_steps``: resuming it is then a no-op, with a one-line note
+    (before, a repeated resume trained one step more and replaced the final model)."""
+    if checkpoint is None or config.max_steps <= 0:
+        return False
+    state = Path(checkpoint) / "trainer_state.json"
+    step = json.loads(state.read_text()).get("global_step", 0) if state.is_file() else 0
+    if step < config.max_steps:
+        return False
+    print(
+        f"crystalformer-rl {command}: {checkpoint} already reached --max_steps {config.max_steps} (step {step}); "
+        "nothing to train, the run's files are left as they are",
+        file=sys.stderr,
+    )
+    return True
+
+
 def run_pretrain(script: PretrainScriptArguments, config):
     """``crystalformer-rl pretrain``: its parsed script arguments and `CrystalPretrainConfig`."""
     from datasets import load_dataset
@@ -119,11 +161,14 @@ def run_pretrain(script: PretrainScriptArguments, config):
 
     if not script.model and script.model_size not in MODEL_SIZES:
         raise UsageError(f"--model_size {script.model_size}: use one of {', '.join(MODEL_SIZES)}")
+    check_run_folder(script, config)
     train_files = _data_files("--train_data", script.train_data, DEFAULT_TRAIN_DATA)
     valid_files = None
     if script.validation_data not in (None, *NO_DATA):
         valid_files = _data_files("--validation_data", script.validation_data, DEFAULT_VALIDATION_DATA)
     checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    if finished_run(checkpoint, config, "pretrain"):
+        return None
     with naming_input("--model", script.model):  # an unknown model fails before the data loads
         model = load_model(script.model) if script.model else None
     train = load_dataset("parquet", data_files=train_files, split="train", streaming=script.streaming)
@@ -180,6 +225,13 @@ class RLScriptArguments:
         metadata={"help": "Resume from the last checkpoint in output_dir (as --resume_from_checkpoint last)."},
     )
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an --output_dir that holds an earlier run (its checkpoints and model are removed); "
+            "without it, or --resume_from_checkpoint, such a folder is refused."
+        },
+    )
 
 
 def run_rl(script: RLScriptArguments, config):
@@ -193,7 +245,10 @@ def run_rl(script: RLScriptArguments, config):
         reward_kwargs = json.loads(script.reward_kwargs) if script.reward_kwargs else {}
     except ValueError as exc:
         raise UsageError(f"--reward_kwargs: not a JSON object ({exc})") from None
+    check_run_folder(script, config)
     checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, resume=script.resume)
+    if finished_run(checkpoint, config, "rl"):
+        return None
     rewards = []
     for name in script.rewards:  # a misspelt reward fails before the model loads
         with naming_input("--rewards", name):
@@ -232,6 +287,13 @@ class DPOScriptArguments(PairOptions):
         metadata={"help": "Resume from the last checkpoint in output_dir (as --resume_from_checkpoint last)."},
     )
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an --output_dir that holds an earlier run (its checkpoints and model are removed); "
+            "without it, or --resume_from_checkpoint, such a folder is refused."
+        },
+    )
 
 
 def run_dpo(script: DPOScriptArguments, config):
@@ -251,7 +313,10 @@ def run_dpo(script: DPOScriptArguments, config):
             "with chosen and rejected columns, or a Hub dataset id"
         )
     script.reward_keywords()  # a bad --reward_kwargs fails before the model loads
+    check_run_folder(script, config)
     checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, resume=script.resume)
+    if finished_run(checkpoint, config, "dpo"):
+        return None
     with naming_input("--model", script.model or "(the embedded model)"):
         model = load_model(script.model)
 
@@ -298,6 +363,13 @@ class SFTScriptArguments:
     relax_steps: int = field(default=500, metadata={"help": "Maximum relaxation steps."})
     sample_seed: int = field(default=0, metadata={"help": "Seed of the sampler."})
     push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an --output_dir that holds an earlier run (its checkpoints and model are removed); "
+            "without it, or --resume_from_checkpoint, such a folder is refused."
+        },
+    )
 
 
 def run_sft(script: SFTScriptArguments, config, ehull_fn=None, relax_fn=None):
@@ -308,6 +380,10 @@ def run_sft(script: SFTScriptArguments, config, ehull_fn=None, relax_fn=None):
     from ..trainers.pretrain_trainer import CrystalPretrainer
     from ..trainers.sft import build_sft_dataset
 
+    check_run_folder(script, config)
+    checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    if finished_run(checkpoint, config, "sft"):
+        return None
     with naming_input("--model", script.model or "(the embedded model)"):
         model = load_model(script.model)
     dataset, counts = build_sft_dataset(
@@ -325,6 +401,6 @@ def run_sft(script: SFTScriptArguments, config, ehull_fn=None, relax_fn=None):
     )
     config.eval_strategy = "no"
     trainer = CrystalPretrainer(model, config, train_dataset=dataset)
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     print(json.dumps(counts))
     return finish_fine_tuning(trainer, script.model, script.push_to_hub_id, method="sft")

@@ -19,15 +19,18 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import shutil
+import signal
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..tokenization import CrystalTokenizationError, CrystalTokenizer
+from ..errors import UsageError
+from ..tokenization import CrystalTokenizationError, CrystalTokenizer, to_structure
 from ..utils import atomic_write_table, atomic_write_text
 
 
@@ -92,9 +95,17 @@ def id_column(column_names: Iterable[str]) -> str | None:
 _TOKENIZER: CrystalTokenizer | None = None
 
 
-def _init_worker(tokenizer_config: dict[str, Any]) -> None:
-    global _TOKENIZER
+_CHECK: Callable[[Any], str | None] | None = None
+
+
+def _init_worker(
+    tokenizer_config: dict[str, Any], check: Callable[[Any], str | None] | None = None, in_pool: bool = False
+) -> None:
+    global _TOKENIZER, _CHECK
+    if in_pool:  # Ctrl-C is the main process's to handle: it stops the pool (an interrupted worker was respawned)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     warnings.simplefilter("ignore")
+    _CHECK = check
     config = dict(tokenizer_config)
     config.pop("tokenizer_class", None)
     _TOKENIZER = CrystalTokenizer(**config)
@@ -103,7 +114,12 @@ def _init_worker(tokenizer_config: dict[str, Any]) -> None:
 def _encode(job: tuple[str, Any]) -> dict[str, Any]:
     name, crystal = job
     try:
-        tokens = _TOKENIZER.encode(crystal, name=name)
+        # a cell is the crystal itself (CIF text, a structure dict or its JSON), never a path to a file to open
+        structure = to_structure(crystal, name, files=False)
+        reason = _CHECK(structure) if _CHECK is not None else None
+        if reason is not None:
+            return {"id": name, "error_type": "InvalidCrystal", "error": f"{name}: {reason}"}
+        tokens = _TOKENIZER.encode(structure, name=name)
     except CrystalTokenizationError as exc:
         return {"id": name, "error_type": type(exc).__name__, "error": str(exc)}
     except Exception as exc:  # a bug or a library failure on one row must not end the batch job
@@ -114,6 +130,9 @@ def _encode(job: tuple[str, Any]) -> dict[str, Any]:
 def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
+
+
+_OPTIONS = {"source": "source", "keep_structure": "--structure", "tokenizer": "--n_max (the tokenizer)"}
 
 
 def prepare_data(
@@ -128,34 +147,62 @@ def prepare_data(
     keep_structure: bool = True,
     dataset=None,
     progress: bool = True,
+    check: Callable[[Any], str | None] | None = None,
 ) -> dict[str, Any]:
     """Tokenize ``source`` into ``output_dir`` (see the module docstring); returns the summary.
 
-    Bad rows are skipped and reported in ``failures.csv``; the job itself never stops on one. Re-running
-    with the same arguments resumes: finished shards are kept and only missing ones are computed.
+    Bad rows are skipped and reported in ``failures.csv``; the job itself never stops on one. ``check`` (a
+    picklable function of a pymatgen ``Structure``, e.g. ``materials.structures.check_structure``) returns why a
+    crystal must stay out of the shards, or ``None``; its reason goes to ``failures.csv``. Re-running with the same
+    arguments resumes: finished shards are kept and only missing ones are computed; the manifest records every
+    argument that decides the content (source, split, shard size, limit, tokenizer, structure column, check), and a
+    resume with other ones is refused. A call that fails before its first shard leaves no folder behind.
     """
     tokenizer = tokenizer or CrystalTokenizer()
     out = Path(output_dir)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    settings = {"source": str(source), "split": split, "shard_size": shard_size, "tokenizer": tokenizer.to_dict()}
+    settings = {
+        "source": str(source),
+        "split": split,
+        "shard_size": shard_size,
+        "limit": limit,
+        "keep_structure": keep_structure,
+        "check": None if check is None else f"{check.__module__}.{check.__qualname__}",
+        "tokenizer": tokenizer.to_dict(),
+    }
     manifest = out / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text()) != settings:
-        raise ValueError(f"{out} holds a run with other settings ({manifest}); use another output folder")
+    if manifest.exists():
+        earlier = json.loads(manifest.read_text())
+        changed = [k for k in sorted(set(settings) | set(earlier)) if settings.get(k) != earlier.get(k)]
+        if changed:
+            what = ", ".join(
+                f"{_OPTIONS.get(k, '--' + k)} {earlier.get(k)!r} then, {settings.get(k)!r} now" for k in changed
+            )
+            raise UsageError(
+                f"{out} holds a run with other arguments ({what}); use the same ones to resume, or another folder"
+            )
+    created = not out.exists()
+    try:
+        ds = dataset if dataset is not None else load_crystal_dataset(source, split=split, streaming=streaming)
+        columns = ds.column_names or list(next(iter(ds)).keys())
+        column, ids = structure_column(columns), id_column(columns)
+    except BaseException:
+        if created and out.exists():  # nothing of this call is worth keeping; the corrected command starts clean
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    (out / "shards").mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(settings, indent=2), manifest)
     tokenizer.save_pretrained(out)
-
-    ds = dataset if dataset is not None else load_crystal_dataset(source, split=split, streaming=streaming)
-    columns = ds.column_names or list(next(iter(ds)).keys())
-    column, ids = structure_column(columns), id_column(columns)
     total = None if streaming else len(ds)
     if limit is not None:
         ds = ds.take(limit) if streaming else ds.select(range(min(limit, len(ds))))
         total = limit if total is None else min(limit, total)
 
     rows = ((str(row[ids]) if ids else f"row {i}", row[column]) for i, row in enumerate(ds))
-    pool = mp.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer.to_dict(),)) if num_proc > 1 else None
-    if pool is None:
-        _init_worker(tokenizer.to_dict())
+    pool = None
+    if num_proc > 1:
+        pool = mp.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer.to_dict(), check, True))
+    else:
+        _init_worker(tokenizer.to_dict(), check)
     bar = tqdm(total=total, desc="tokenizing", unit="crystal", disable=not progress)
     try:
         for k, chunk in enumerate(_chunks(rows, shard_size)):
@@ -176,6 +223,12 @@ def prepare_data(
                 bar.update(1)
             atomic_write_table(pd.DataFrame(ok, columns=_token_columns(keep_structure, column)), shard)
             atomic_write_table(pd.DataFrame(bad, columns=["id", "error_type", "error"]), failures_file)
+    except BaseException:  # Ctrl-C: stop the workers now (close + join would wait for, or respawn, them)
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+            pool = None
+        raise
     finally:
         bar.close()
         if pool is not None:

@@ -57,7 +57,7 @@ from ..materials.ehull import EhullCalculator, EhullFn, compute_ehull, default_e
 from ..materials.io import LoadedCrystals, load_crystals
 from ..materials.matching import ReferenceIndex, deduplicate, novelty_checks, reduced_formula, space_group_number
 from ..materials.relaxation import RelaxFn, relax_structures
-from ..materials.validity import check_composition_validity, check_structure_validity
+from ..materials.validity import check_composition_validity, check_species, check_structure_validity
 from ..pretrained import SHIPPED_REFERENCE, model_reference
 from ..utils import atomic_write_table, atomic_write_text
 
@@ -388,6 +388,10 @@ def evaluate_structures(
         relax_fn = default_relax_fn(fmax=options.fmax, steps=options.steps, energy_model=energy_model)
 
     table = _validity_table(names, structures, errors, symprec, progress)
+    for i, s in enumerate(structures):  # partial occupancy, a dummy species: no E_hull, match or novelty to judge
+        if s is not None and (reason := check_species(s)) is not None:
+            structures[i] = None
+            table.loc[i, "error"] = reason
     if space_group_column is not None:  # now, not after hours of relaxation
         inputs = list(extra.columns) if extra is not None and len(extra) == n else []
         available = [*table.columns, *inputs, *(f"input_{c}" for c in inputs if c in table.columns)]

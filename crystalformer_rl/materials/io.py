@@ -193,7 +193,7 @@ def structure_from_record(value: Any, column: str) -> Structure:
         or (isinstance(value, str) and not value.strip())
     ):
         raise ValueError(f"empty {column!r} cell")
-    return to_structure(value)
+    return to_structure(value, files=False)  # a cell holding a path is no crystal: no local file is opened
 
 
 def tokens_from_record(value: Any, column: str):

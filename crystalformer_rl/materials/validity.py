@@ -24,27 +24,42 @@ import warnings
 from collections.abc import Mapping
 
 import numpy as np
-from pymatgen.core import Composition, Structure
+from pymatgen.core import Composition, Element, Structure
 
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "check_composition_validity",
+    "check_species",
     "check_structure_validity",
     "composition_validity",
     "structure_validity",
 ]
 
 
+def check_species(structure: Structure) -> str | None:
+    """Why the sites of ``structure`` are no crystal of whole atoms of real elements (a partially occupied or mixed
+    site, a dummy species such as ``Qq`` read from a CIF), or ``None``."""
+    if not structure.is_ordered:
+        return "partial occupancy (a site holds a fraction of an atom or mixed species)"
+    for species in structure.composition.elements:
+        if not isinstance(species, Element) and not isinstance(getattr(species, "element", None), Element):
+            return f"not a chemical element: {getattr(species, 'symbol', species)}"
+    return None
+
+
 def check_structure_validity(structure: Structure, cutoff: float = 0.5, min_volume: float = 0.1) -> str | None:
     """Why ``structure`` is structurally invalid, or ``None`` when it is valid.
 
     As CDVAE, only distances between distinct sites are tested (a site and its own periodic image are not):
-    keeping that keeps validity rates comparable with published numbers.
+    keeping that keeps validity rates comparable with published numbers. A partially occupied site or a species
+    that is no element (:func:`check_species`) is invalid too.
     """
     if len(structure) == 0:
         return "empty structure"
+    if (reason := check_species(structure)) is not None:
+        return reason
     matrix = np.asarray(structure.lattice.matrix, dtype=float)
     if not np.all(np.isfinite(matrix)) or not np.all(np.isfinite(structure.frac_coords)):
         return "non-finite lattice or coordinates"

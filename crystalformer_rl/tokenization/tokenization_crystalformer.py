@@ -564,7 +564,7 @@ class CrystalTokenizer:
         return f"{type(self).__name__}({args})"
 
 
-def to_structure(crystal: Any, name: str | None = None) -> Structure:
+def to_structure(crystal: Any, name: str | None = None, *, files: bool = True) -> Structure:
     """The one "anything -> pymatgen Structure" converter of the package (tokenizer, rewards, evaluation).
 
     Accepted: a ``Structure`` (returned as is); anything with a ``to_structure()`` method (``CrystalTokens``:
@@ -573,7 +573,8 @@ def to_structure(crystal: Any, name: str | None = None) -> Structure:
     CrystalFormer token string (``225-a-La-0-0-0-...-5.1-5.1-5.1-90-90-90``); CIF text; a path to a CIF (or other
     pymatgen-readable) file; an ASE ``Atoms``. Raises ``InvalidStructureError`` (or ``EmptyStructureError``) with
     a one-line message naming the input and the reason; a token string that is no crystal raises
-    ``InvalidTokensError``.
+    ``InvalidTokensError``. With ``files=False`` a string is never taken for a path to open (a table cell
+    holding a path is an invalid crystal, not a file read from the machine).
     """
     from pymatgen.core import Structure
 
@@ -613,6 +614,12 @@ def to_structure(crystal: Any, name: str | None = None) -> Structure:
             return to_structure(data["structure"], name)
         return _from_structure_dict(data, label, "JSON")
     if "\n" not in text:  # one line: a file, else a token string
+        if is_token_string(text):
+            return CrystalTokens.from_string(text).to_structure()
+        if not files:
+            raise InvalidStructureError(
+                _one_line(f"{label}: {text[:100]!r} is not CIF text or a token string (a path is not opened here)")
+            )
         path = Path(text)
         try:
             is_file = path.is_file()
@@ -620,8 +627,6 @@ def to_structure(crystal: Any, name: str | None = None) -> Structure:
             is_file = False
         if is_file:
             return _from_file(path, label)
-        if is_token_string(text):
-            return CrystalTokens.from_string(text).to_structure()
         raise InvalidStructureError(f"{label}: no such file (and not CIF text or a token string)")
     try:
         with warnings.catch_warnings():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -9,6 +10,9 @@ from typing import TYPE_CHECKING
 from trl import RLOOConfig
 
 from .precision import PIN_MEMORY_HELP, TF32_HELP, pin_memory_only_on_cuda
+
+
+logger = logging.getLogger(__name__)
 
 
 if TYPE_CHECKING:  # the model is imported when sampling options are built, not to parse a config
@@ -80,8 +84,8 @@ class CrystalRLConfig(RLOOConfig):
     save_steps: float = field(
         default=30,
         metadata={
-            "help": "Checkpoint every N optimizer steps. Must be a multiple of num_iterations (μ): a checkpoint "
-            "between two sampled batches cannot be resumed exactly, so it is refused."
+            "help": "Checkpoint every N optimizer steps, rounded to a multiple of num_iterations (μ) with a note: a "
+            "checkpoint between two sampled batches could not be resumed exactly."
         },
     )
     reward_clip_range: tuple[float, float] | None = field(
@@ -206,11 +210,16 @@ class CrystalRLConfig(RLOOConfig):
                 f"{cycle} (num_iterations={self.num_iterations} x steps_per_generation={self.steps_per_generation}"
                 f" / gradient_accumulation_steps={self.gradient_accumulation_steps})"
             )
-        if int(save_steps) % cycle:
-            raise ValueError(
-                f"save_steps={save_steps:g} is not a multiple of {need}: a checkpoint between two sampled batches "
-                "cannot be resumed exactly; choose a multiple."
+        if int(save_steps) % cycle:  # aligned here: a checkpoint between two sampled batches could not resume exactly
+            aligned = max(cycle, cycle * round(int(save_steps) / cycle))
+            logger.warning(
+                "save_steps=%g is not a multiple of %s; checkpoints every %d steps instead, on a sampled-batch "
+                "boundary, so that each one resumes exactly",
+                save_steps,
+                need,
+                aligned,
             )
+            self.save_steps = aligned
         # Trainer also saves at max_steps: a run continued from there (--resume_from_checkpoint last) must resume
         # on a sampled-batch boundary too
         if self.max_steps > 0 and self.max_steps % cycle:

@@ -4,7 +4,6 @@ reference saved beside a pretrained model."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -73,10 +72,8 @@ def write_base_model_files(base_model: str | None, folder: Path) -> None:
     if reference is not None:
         target = folder / (REFERENCE_FILES[1] if reference.suffix == ".parquet" else REFERENCE_FILES[0])
         target.unlink(missing_ok=True)
-        try:  # a hard link: every checkpoint carries the reference without another copy of its megabytes
-            os.link(reference, target)
-        except OSError:  # another file system
-            shutil.copyfile(reference, target)
+        # a copy, never a hard link: a run folder's reference is its own (editing it must not edit the package)
+        shutil.copyfile(reference, target)
 
 
 class BaseModelFilesCallback(TrainerCallback):
@@ -104,7 +101,10 @@ from `{base}`: {steps} optimizer steps, learning rate {lr:g}, {batch} crystals p
 `log_history.json` beside the weights holds the training log.
 """
 
-METHODS = {"dpo": "direct preference optimisation (DPO)", "sft": "supervised fine-tuning on its own stable samples (SFT)"}
+METHODS = {
+    "dpo": "direct preference optimisation (DPO)",
+    "sft": "supervised fine-tuning on its own stable samples (SFT)",
+}
 
 
 def finish_fine_tuning(trainer, base_model: str | None, push_to_hub_id: str | None = None, method: str = "rl"):
@@ -117,6 +117,7 @@ def finish_fine_tuning(trainer, base_model: str | None, push_to_hub_id: str | No
 
     import torch
 
+    from ..modeling_crystalformer.hub_crystalformer import upload_model_folder, write_model_card
     from ..tokenization import CrystalTokenizer
 
     output_dir = Path(trainer.args.output_dir)
@@ -138,12 +139,12 @@ def finish_fine_tuning(trainer, base_model: str | None, push_to_hub_id: str | No
                 batch=trainer.args.per_device_train_batch_size,
             )
             (output_dir / "README.md").write_text(card)
+        write_model_card(model, output_dir)  # the Hub's metadata (a base_model that is a local path is dropped)
         write_base_model_files(base_model, output_dir)
         with open(output_dir / "log_history.json", "w") as f:
             json.dump(trainer.state.log_history, f, indent=1)
-        if push_to_hub_id:
-            model.push_to_hub(push_to_hub_id)
-            tokenizer.push_to_hub(push_to_hub_id)
+        if push_to_hub_id:  # the run's folder as it is: weights, remote code, tokenizer config, card, base files
+            upload_model_folder(output_dir, push_to_hub_id)
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     if torch.distributed.is_initialized():
