@@ -11,6 +11,7 @@ from pymatgen.core import Structure
 from crystalformer_rl.data.hygiene import matching_test_ids
 from crystalformer_rl.tokenization import CrystalTokens
 
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_SAFE_REFERENCE = REPO / "crystalformer_rl" / "data" / "reference" / "mp_corpus_test_safe.csv.gz"
 MP20 = REPO.parent / "shared" / "data" / "mp20"

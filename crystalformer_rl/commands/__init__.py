@@ -100,6 +100,13 @@ COMMANDS = {
         "  crystalformer-rl evaluate samples/cifs --reference train.parquet      # another reference\n"
         "  crystalformer-rl evaluate samples/samples.csv --relax -o eval-relaxed # relaxed E_hull",
     ),
+    "benchmark": Command(
+        "the MP-20 table's metrics (validity, COV-R/P, w(ρ), w(#elem) vs MP-20 test) beside S.U.N. and novelty",
+        "crystalformer_rl.commands.benchmark:run_benchmark",
+        ("crystalformer_rl.commands.benchmark:BenchmarkArguments",),
+        epilog="example (the published table uses 10,000 samples):\n"
+        "  crystalformer-rl sample -n 10000 -o samples10k && crystalformer-rl benchmark samples10k/samples.csv -o bench",
+    ),
     "prepare-data": Command(
         "tokenize a CIF dataset (Hub id or local CSV/parquet/JSON) into token shards, reporting bad rows",
         "crystalformer_rl.commands.prepare_data:run_prepare_data",

@@ -35,8 +35,8 @@ import numpy as np
 from pymatgen.core import Composition, Structure
 from tqdm.auto import tqdm
 
-from ..utils import atomic_write_text, atomic_write_with
 from ..materials.validity import composition_validity, structure_validity
+from ..utils import atomic_write_text, atomic_write_with
 
 
 BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
@@ -155,13 +155,13 @@ def _features_of(rows: list[dict]) -> CrystalFeatures:
     )
 
 
-def _features_of_cif(cif: str | None) -> dict:
-    if cif is None:
-        return crystal_features(None)
+def _features_of_crystal(crystal: Structure | str | None) -> dict:
+    if crystal is None or isinstance(crystal, Structure):
+        return crystal_features(crystal)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            structure = Structure.from_str(cif, fmt="cif")
+            structure = Structure.from_str(crystal, fmt="cif")
     except Exception:
         structure = None
     return crystal_features(structure)
@@ -177,7 +177,6 @@ def featurize(
     """Features of many crystals (Structures, CIF texts, or None for one that did not build), on ``num_proc``
     processes (default: every core). With ``cache_dir``, each finished chunk is written there and a rerun over the
     same crystals keeps it."""
-    crystals = [c.to(fmt="cif") if isinstance(c, Structure) else c for c in crystals]
     num_proc = num_proc or os.cpu_count() or 1
     cache = Path(cache_dir) if cache_dir else None
     if cache:
@@ -193,7 +192,7 @@ def featurize(
             if file is not None and file.exists():
                 parts.append(CrystalFeatures.load(file))
             else:
-                rows = pool.map(_features_of_cif, chunk, chunksize=4) if pool else [_features_of_cif(c) for c in chunk]
+                rows = pool.map(_features_of_crystal, chunk, chunksize=4) if pool else list(map(_features_of_crystal, chunk))
                 parts.append(_features_of(rows))
                 if file is not None:
                     parts[-1].save(file)
@@ -298,3 +297,33 @@ def load_mp20_test_features(path: str | os.PathLike = MP20_TEST_FEATURES) -> Cry
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: the MP-20 test features are missing; run scripts/build_mp20_benchmark.py")
     return CrystalFeatures.load(path)
+
+
+#: The MP-20 table's published rows: CDVAE's metrics recomputed on each model's own samples by the WyFormer
+#: authors' evaluation notebooks (as quoted in this project's issue 34), for comparison in reports.
+ANCHORS = {
+    "CrystalFormer (paper, MP-20; 999 samples)": (93.4, 85.0, 94.6, 99.6, 0.193, 0.128),
+    "DiffCSP": (100.0, 83.2, 99.5, 99.8, 0.351, 0.347),
+    "FlowMM": (96.9, 83.1, 99.4, 99.7, 0.115, 0.094),
+    "MatterGen (MP-20 model)": (99.99, 83.3, 96.0, 99.7, 0.14, 0.204),
+    "MP-20 train vs test (the data itself)": (100.0, 90.4, 99.9, 99.8, 0.085, 0.023),
+}
+TABLE_COLUMNS = ("struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_density", "wdist_num_elems")
+TABLE_HEADER = ("struct. valid", "comp. valid", "COV-R", "COV-P", "w(ρ)", "w(#elem)")
+
+
+def format_table(rows: dict[str, dict], anchors: bool = True) -> str:
+    """A markdown table of benchmark results (``benchmark_metrics`` dicts), the published rows below them."""
+
+    def cell(value) -> str:
+        if value is None:
+            return "–"
+        return f"{value:.3f}" if abs(value) < 1 else f"{value:.1f}"
+
+    lines = ["| model | " + " | ".join(TABLE_HEADER) + " |", "|---|" + "---:|" * len(TABLE_HEADER)]
+    for name, metrics in rows.items():
+        lines.append(f"| {name} | " + " | ".join(cell(metrics.get(k)) for k in TABLE_COLUMNS) + " |")
+    if anchors:
+        for name, values in ANCHORS.items():
+            lines.append(f"| {name} | " + " | ".join(cell(v) for v in values) + " |")
+    return "\n".join(lines)

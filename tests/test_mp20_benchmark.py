@@ -1,0 +1,107 @@
+"""The MP-20 benchmark's metrics (CDVAE's definitions) on real MP-20 crystals."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pymatgen.core import Structure
+from scipy.spatial.distance import cdist
+
+from crystalformer_rl.evaluation.mp20 import (
+    COMPOSITION_CUTOFF,
+    MP20_TEST_FEATURES,
+    STRUCTURE_CUTOFF,
+    CrystalFeatures,
+    benchmark_metrics,
+    coverage,
+    featurize,
+    load_mp20_test_features,
+    scale_composition,
+    wasserstein_distances,
+)
+
+
+MP20 = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp20"
+
+
+@pytest.fixture(scope="module")
+def test_cifs():
+    return list(pd.read_csv(MP20 / "test.csv.gz", nrows=24).cif)
+
+
+@pytest.fixture(scope="module")
+def features(test_cifs, tmp_path_factory):
+    return featurize(test_cifs, num_proc=1, cache_dir=tmp_path_factory.mktemp("fp"), chunk_size=8, progress=False)
+
+
+def test_fingerprints_of_real_crystals(features):
+    assert features.structure_fp.shape == (24, 61) and features.composition_fp.shape == (24, 132)
+    assert features.has_fingerprint.all()
+    assert features.struct_valid.all()  # MP crystals: no atoms closer than 0.5 Å
+    assert 0.7 < features.comp_valid.mean() < 1  # as CDVAE finds, some real crystals fail SMACT
+    assert np.all((features.density > 1) & (features.density < 15))
+
+
+def test_a_set_covers_itself_and_a_crystal_that_did_not_build_counts_in_the_denominator(features):
+    assert coverage(features, features) == {"cov_recall": 1.0, "cov_precision": 1.0}
+    broken = featurize([None, "not a cif"], num_proc=1, progress=False)
+    assert not broken.struct_valid.any() and not broken.comp_valid.any() and not broken.has_fingerprint.any()
+    both = CrystalFeatures.concatenate([features, broken])
+    assert coverage(both, features)["cov_precision"] == pytest.approx(24 / 26)
+    metrics = benchmark_metrics(both, reference=features, n_wasserstein=10)
+    assert metrics["struct_valid"] == pytest.approx(100 * 24 / 26)
+
+
+def test_coverage_in_blocks_equals_cdvae_compute_cov(features):
+    """Coverage of one half against the other, computed in blocks of 5, equals CDVAE's formula on the full
+    distance matrices (separate structure and composition minima, precision over all generated crystals)."""
+    gen = CrystalFeatures(**{k: v[:12] for k, v in features.__dict__.items()})
+    ref = CrystalFeatures(**{k: v[12:] for k, v in features.__dict__.items()})
+    ds = cdist(gen.structure_fp, ref.structure_fp)
+    dc = cdist(scale_composition(gen.composition_fp), scale_composition(ref.composition_fp))
+    recall = np.mean((ds.min(0) <= STRUCTURE_CUTOFF) & (dc.min(0) <= COMPOSITION_CUTOFF))
+    precision = np.sum((ds.min(1) <= STRUCTURE_CUTOFF) & (dc.min(1) <= COMPOSITION_CUTOFF)) / 12
+    got = coverage(gen, ref, block=5)
+    assert got == {"cov_recall": pytest.approx(recall), "cov_precision": pytest.approx(precision)}
+    assert 0 < recall < 1  # 12 crystals do not cover 12 others: the cutoffs bite
+
+
+def test_wasserstein_needs_enough_valid_crystals_and_is_seeded(features):
+    with pytest.raises(ValueError, match="only"):
+        wasserstein_distances(features, features, n_samples=len(features) + 1)
+    a = wasserstein_distances(features, features, n_samples=10, seed=1)
+    assert a == wasserstein_distances(features, features, n_samples=10, seed=1)
+    stretched = featurize([_stretched(c) for c in pd.read_csv(MP20 / "test.csv.gz", nrows=24).cif], 1, progress=False)
+    assert wasserstein_distances(stretched, features, n_samples=10)["wdist_density"] > 1
+
+
+def _stretched(cif):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        structure = Structure.from_str(cif, fmt="cif")
+    structure.scale_lattice(structure.volume * 2)
+    return structure
+
+
+def test_a_cache_of_other_crystals_is_refused(test_cifs, tmp_path):
+    featurize(test_cifs[:4], num_proc=1, cache_dir=tmp_path, chunk_size=2, progress=False)
+    with pytest.raises(ValueError, match="another set of crystals"):
+        featurize(test_cifs[:6], num_proc=1, cache_dir=tmp_path, chunk_size=2, progress=False)
+
+
+def test_features_save_and_load(features, tmp_path):
+    features.save(tmp_path / "f.npz")
+    loaded = CrystalFeatures.load(tmp_path / "f.npz")
+    assert np.array_equal(loaded.structure_fp, features.structure_fp)
+    assert np.array_equal(loaded.comp_valid, features.comp_valid)
+
+
+@pytest.mark.skipif(not MP20_TEST_FEATURES.exists(), reason="the shipped MP-20 test features are not built yet")
+def test_the_shipped_test_features_are_mp20_test_in_order():
+    features = load_mp20_test_features()
+    ids = np.load(MP20_TEST_FEATURES)["material_id"]
+    assert len(features) == 9046
+    assert list(ids) == list(pd.read_csv(MP20 / "test.csv.gz", usecols=["material_id"]).material_id)
+    assert features.struct_valid.mean() == 1.0
