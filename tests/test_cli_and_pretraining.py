@@ -16,6 +16,9 @@ from crystalformer_rl.trainers.utils import training_space_groups
 from tests.helpers.rl_toy import tiny_model
 
 
+MP20_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp20" / "val.csv.gz"
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -334,3 +337,35 @@ def test_a_short_prompt_list_fills_whole_batches():
     assert mixed.count(221) == 2 * mixed.count(225)
     long = list(range(1, 231)) * 4
     assert fill_prompts(long, config) == long
+
+
+def test_length_grouping_works_on_a_small_set():
+    """1,000 real MP-20 crystals at batch 100: Trainer's sampler sorts mega-batches of only 2 batches, so most batches
+    pad to a long crystal; ours sorts the whole set (below 50 batches) and pads as little as a full sort, shuffles
+    the batch order each epoch, yields every index once, and keeps the one short batch last (the DataLoader cuts
+    the order every 100 indices)."""
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from crystalformer_rl.trainers.pretrain_trainer import length_grouped_indices
+
+    atoms = pd.read_csv(MP20_VAL, usecols=["nsites"], nrows=1050).nsites.tolist()
+
+    def padded(lengths, order, batch=100):
+        cuts = [order[k : k + batch] for k in range(0, len(order), batch)]
+        return sum(max(lengths[i] for i in cut) * len(cut) for cut in cuts)
+
+    def seeded(seed):
+        return torch.Generator().manual_seed(seed)
+
+    lengths = atoms[:1000]
+    best = padded(lengths, sorted(range(1000), key=lambda i: -lengths[i]))
+    ours = length_grouped_indices(lengths, 100, generator=seeded(0))
+    assert sorted(ours) == list(range(1000))
+    assert padded(lengths, ours) == best
+    assert padded(lengths, get_length_grouped_indices(lengths, 100, generator=seeded(0))) > 1.2 * best
+    again = length_grouped_indices(lengths, 100, generator=seeded(1))
+    assert ours[::100] != again[::100]  # another epoch, another batch order
+
+    uneven = length_grouped_indices(atoms, 100, generator=seeded(0))  # 10 full batches and one of 50
+    assert sorted(uneven) == list(range(1050))
+    assert padded(atoms, uneven) <= 1.05 * padded(atoms, sorted(range(1050), key=lambda i: -atoms[i]))

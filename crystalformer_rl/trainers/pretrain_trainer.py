@@ -7,6 +7,8 @@ NLL (W, A, XYZ, L); its loss-curve plot is :func:`crystalformer_rl.trainers.plot
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -20,7 +22,15 @@ from .plots import plot_loss_curves
 from .pretrain_config import CrystalPretrainConfig
 
 
-__all__ = ["TERMS", "CrystalPretrainer", "PaddingCollator", "plot_loss_curves", "site_counts"]
+__all__ = [
+    "TERMS",
+    "CrystalLengthGroupedSampler",
+    "CrystalPretrainer",
+    "PaddingCollator",
+    "length_grouped_indices",
+    "plot_loss_curves",
+    "site_counts",
+]
 
 
 class CrystalPretrainer(Trainer):
@@ -56,7 +66,7 @@ class CrystalPretrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length" or dataset is None or not has_length(dataset):
             return super()._get_train_sampler(train_dataset)
-        return LengthGroupedSampler(
+        return CrystalLengthGroupedSampler(
             self.args.train_batch_size * self.args.gradient_accumulation_steps,
             lengths=site_counts(dataset, self.args.length_column_name),
         )
@@ -105,6 +115,38 @@ class CrystalPretrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+MEGA_BATCHES = 50  # Trainer's cap on the batches sorted together
+
+
+def length_grouped_indices(lengths: list[int], batch_size: int, generator=None) -> list[int]:
+    """One epoch's order: a random permutation cut into mega-batches of up to 50 batches, each sorted by length and
+    cut into batches, then the batches in random order.
+
+    Trainer's ``get_length_grouped_indices`` shrinks the mega-batch to ``n // (4·batch)`` batches, so a small set
+    (1,000 crystals at batch 100: 2 batches) is barely grouped, and keeps each mega-batch's batches in descending
+    length. Here the set is cut into as few equal mega-batches of at most 50 batches as it takes (the whole set below
+    50 batches) and the batch order is shuffled, so grouping works on SFT sets, DPO pairs and a user's few thousand crystals too."""
+    n = len(lengths)
+    groups = max(1, math.ceil(n / (MEGA_BATCHES * batch_size)))  # as few as the cap allows, of equal size
+    mega = math.ceil(n / groups / batch_size) * batch_size
+    permutation = torch.randperm(n, generator=generator).tolist()
+    batches = []
+    for start in range(0, n, mega):
+        group = sorted(permutation[start : start + mega], key=lambda i: -lengths[i])
+        batches += [group[k : k + batch_size] for k in range(0, len(group), batch_size)]
+    # Only full batches move: the DataLoader cuts this list every batch_size indices, so a short one stays last.
+    tail = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [i for b in [*(batches[k] for k in order), *tail] for i in b]
+
+
+class CrystalLengthGroupedSampler(LengthGroupedSampler):
+    """``LengthGroupedSampler`` with :func:`length_grouped_indices`: grouping that also works on small sets."""
+
+    def __iter__(self):
+        return iter(length_grouped_indices(self.lengths, self.batch_size, generator=self.generator))
 
 
 def site_counts(dataset, column: str = "num_sites") -> list[int]:
