@@ -19,6 +19,7 @@ from crystalformer_rl.evaluation import (
     composition_validity,
     compute_ehull,
     deduplicate,
+    default_relax_fn,
     evaluate_crystals,
     evaluate_structures,
     load_crystals,
@@ -301,6 +302,65 @@ def test_relax_primitive_hands_the_relaxer_primitive_cells(val):
 
 
 # --------------------------------------------------------------------------------------------- inputs
+def test_relax_screen_leaves_high_ehull_crystals_unrelaxed_and_unstable():
+    """Issue 37 item 1: with ``relax_screen`` a crystal whose unrelaxed E_hull is above it is not relaxed and counts
+    as not stable after relaxation (so never relaxed S.U.N.); the summary records the setting and the count."""
+    salts = [rocksalt(5.64, anion) for anion in ("Cl", "Br", "I", "F")]
+    unrelaxed = {"NaCl": 0.05, "NaBr": 0.4, "NaI": 0.9, "NaF": 2.5}
+    seen = []
+
+    def ehull_fn(structures):  # the stand-in relaxation shrinks the cell by 1 %, which lowers E_hull by 0.35
+        return [unrelaxed[s.composition.reduced_formula] - 0.35 * (s.lattice.a < 5.6) for s in structures]
+
+    def relax_fn(structures):
+        seen.extend(s.composition.reduced_formula for s in structures)
+        return [(s.copy().scale_lattice(0.97 * s.volume), -1.0) for s in structures]
+
+    reference = [rocksalt(5.64, "S")]
+    kwargs = {"reference": reference, "relax": True, "ehull_fn": ehull_fn, "relax_fn": relax_fn, "progress": False}
+    full = evaluate_structures(salts, **kwargs)
+    assert seen == ["NaCl", "NaBr", "NaI", "NaF"] and full.summary["settings"]["relax_screen"] is None
+    assert full.table["stable_relaxed"].tolist() == [True, True, False, False]
+    assert full.summary["n_relax_screened"] == 0
+
+    seen.clear()
+    screened = evaluate_structures(salts, relax_screen=0.5, **kwargs)
+    t, s = screened.table, screened.summary
+    assert seen == ["NaCl", "NaBr"]  # NaI (0.9) and NaF (2.5) are above the screen
+    assert t["relax_screened"].tolist() == [False, False, True, True]
+    assert t.loc[2, "relax_reason"] == "screened: unrelaxed E_hull 0.9 > 0.5"
+    assert t.loc[3, "e_hull_relaxed_reason"] == "screened: unrelaxed E_hull 2.5 > 0.5"
+    assert t["e_hull_relaxed"].isna().tolist() == [False, False, True, True] and t["relaxed_cif"].isna()[2:].all()
+    assert t["stable_relaxed"].tolist() == [True, True, False, False] and t["stable_unrelaxed"].tolist()[0]
+    assert t["sun_relaxed"].tolist() == full.table["sun_relaxed"].tolist() == [True, True, False, False]
+    assert s["n_relax_screened"] == 2 and s["settings"]["relax_screen"] == 0.5 and s["settings"]["relax_screen_rule"]
+    assert s["top_failure_reasons"]["relax_reason: screened: unrelaxed E_hull > 0.5"] == 2
+
+    seen.clear()
+    wide = evaluate_structures(salts, relax_screen=1.0, **kwargs)  # NaI relaxes to 0.55, unstable either way
+    assert seen == ["NaCl", "NaBr", "NaI"] and wide.table["stable_relaxed"].tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match="relax_screen 0.05"):
+        evaluate_structures(salts, relax_screen=0.05, **kwargs)
+
+
+def test_relaxation_steps_reach_the_table_from_a_real_fire_run():
+    """The default relaxer (FIRE in lockstep, here on EMT: milliseconds) reports its step count and convergence,
+    which the table keeps (``relax_steps``, ``relax_converged``) for the screen's benchmark."""
+    from ase.calculators.emt import EMT
+
+    from crystalformer_rl.materials import ASEEnergyModel
+
+    copper = Structure(Lattice.cubic(3.7), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    relax_fn = default_relax_fn(steps=4, energy_model=ASEEnergyModel(EMT(), "toy"))
+    result = evaluate_structures(
+        [copper], relax=True, ehull_fn=lambda ss: [0.0] * len(ss), relax_fn=relax_fn, progress=False
+    )
+    t = result.table
+    assert t["relax_steps"].tolist() == [4] and t["relax_converged"].tolist() == [False]  # strained: not in 4 steps
+    assert Structure.from_str(t.loc[0, "relaxed_cif"], fmt="cif").lattice.a < 3.7
+    assert result.summary["relax_steps_total"] == 4
+
+
 def test_the_samplers_cif_folder_and_extxyz_carry_its_record(val, tmp_path, caplog):
     """``crystalformer-rl sample`` writes ``sampling.json`` beside ``cifs/`` and ``samples.extxyz``: evaluating either
     keeps the sampling time (S.U.N. per second) and says when undecodable crystals are missing from it."""

@@ -360,6 +360,129 @@ def test_evaluate_never_leaves_stale_outputs_beside_a_new_table(capsys, tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["space_groups.csv", "structures.csv", "summary.json"]
 
 
+# Seven rock salts: unrelaxed E_hull by formula; the stand-in relaxation shrinks the cell to 5 Å, which lowers
+# E_hull by 0.5 eV/atom (so NaBr, 0.55 as sampled, ends stable).
+SALT_EHULL = {"NaCl": 0.05, "KCl": 0.3, "NaBr": 0.55, "KBr": 1.2, "LiF": 2.5, "NaF": 0.45, "LiCl": 3.0}
+
+
+def _salts(tmp_path):
+    import pandas as pd
+    from pymatgen.core import Lattice, Structure
+
+    cifs = []
+    for formula in SALT_EHULL:
+        cation, anion = re.findall(r"[A-Z][a-z]?", formula)
+        salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), [cation, anion], [[0, 0, 0], [0.5] * 3])
+        cifs.append(salt.to(fmt="cif"))
+    path = tmp_path / "salts.csv"
+    pd.DataFrame({"id": list(SALT_EHULL), "cif": cifs}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def stand_in_potential(monkeypatch):
+    """evaluate's potential replaced: E_hull from SALT_EHULL (0.5 lower for a relaxed 5 Å cell); the relaxation
+    records the crystals it is given (``seen``) and raises KeyboardInterrupt at call ``interrupt_at``."""
+    import crystalformer_rl.evaluation.evaluate as ev
+    from crystalformer_rl.materials import RelaxResult
+
+    state = {"seen": [], "interrupt_at": None}
+
+    def ehull_fn(structures):
+        relaxed = [abs(s.lattice.a - 5.0) < 1e-6 for s in structures]
+        return [SALT_EHULL[s.composition.reduced_formula] - 0.5 * r for s, r in zip(structures, relaxed)]
+
+    def relax_fn(structures):
+        state["seen"].extend(s.composition.reduced_formula for s in structures)
+        if len(state["seen"]) == state["interrupt_at"]:
+            raise KeyboardInterrupt
+        out = []
+        for s in structures:
+            relaxed = s.copy()
+            relaxed.scale_lattice(125.0)
+            out.append(RelaxResult(relaxed, -1.0 * len(s), True, 7))
+        return out
+
+    class Calculator:
+        calculator = None
+
+    monkeypatch.setattr(ev, "EhullCalculator", Calculator)
+    monkeypatch.setattr(ev, "default_ehull_fn", lambda **kw: ehull_fn)
+    monkeypatch.setattr(ev, "default_relax_fn", lambda **kw: relax_fn)
+    return state
+
+
+def test_evaluate_relax_writes_chunks_keeps_them_on_ctrl_c_and_resumes(capsys, tmp_path, stand_in_potential):
+    """Issue 36 case 5: Ctrl-C during `evaluate --relax` (5 of 40 relaxed) printed a traceback and wrote nothing.
+    Now each chunk is written as it finishes, Ctrl-C is one line and 130, and --resume relaxes only the rest."""
+    import pandas as pd
+
+    salts, out = _salts(tmp_path), tmp_path / "eval"
+    argv = [
+        "evaluate",
+        str(salts),
+        "-o",
+        str(out),
+        "--no_novelty",
+        "--no_progress",
+        "--relax",
+        "--relax_chunk_size",
+        "2",
+    ]
+    stand_in_potential["interrupt_at"] = 5  # in the third chunk
+    code, lines = run_cli(argv, capsys)
+    assert code == 130 and len(lines) == 1 and "interrupted" in lines[0], lines
+    chunks = sorted((out / "relaxed").glob("chunk-*.parquet"))
+    assert [p.name for p in chunks] == ["chunk-00000.parquet", "chunk-00001.parquet"]
+    kept = pd.concat([pd.read_parquet(p) for p in chunks])
+    assert kept["index"].tolist() == [0, 1, 2, 3] and kept["name"].tolist() == ["NaCl", "KCl", "NaBr", "KBr"]
+    assert kept["relax_steps"].tolist() == [7] * 4 and kept["relax_converged"].all()
+    assert kept["e_hull_relaxed"].tolist() == pytest.approx([-0.45, -0.2, 0.05, 0.7])
+    assert kept["relaxed_cif"].str.contains("_cell_length_a   5.0").all() and kept["relax_reason"].isna().all()
+    assert not (out / "structures.csv").exists() and not list(out.rglob("*.tmp"))
+
+    code, lines = run_cli(argv, capsys)  # a rerun without --resume is refused, and names --resume
+    assert_one_line(code, lines, f"--output_dir {out}", "earlier run", "--resume")
+    for changed, fragment in ((["--steps", "30"], "--steps 500, not 30"), (["--limit", "5"], "another input")):
+        code, lines = run_cli([*argv, "--resume", *changed], capsys)
+        assert_one_line(code, lines, "--resume", str(out / "relaxed"), fragment)
+    assert stand_in_potential["seen"] == ["NaCl", "KCl", "NaBr", "KBr", "LiF"]  # no relaxation in the refusals
+
+    stand_in_potential["interrupt_at"], stand_in_potential["seen"] = None, []
+    assert main([*argv, "--resume"]) == 0
+    assert stand_in_potential["seen"] == ["LiF", "NaF", "LiCl"]  # only the crystals not relaxed yet
+    table = pd.read_csv(out / "structures.csv")
+    assert table["e_hull_relaxed"].tolist() == pytest.approx([v - 0.5 for v in SALT_EHULL.values()])
+    assert table["stable_relaxed"].tolist() == [True, True, True, False, False, True, False]
+    assert table["relax_steps"].tolist() == [7] * 7
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_relaxed_earlier"] == 4 and summary["n_stable_relaxed"] == 4
+    assert len(list((out / "relaxed").glob("chunk-*.parquet"))) == 4
+    stand_in_potential["seen"] = []
+    assert main([*argv, "--resume", "--no_plots"]) == 0  # all relaxed: nothing relaxed again, stale plots removed
+    assert stand_in_potential["seen"] == [] and not list(out.glob("*.png"))
+    assert pd.read_csv(out / "structures.csv")["e_hull_relaxed"].tolist() == table["e_hull_relaxed"].tolist()
+    assert main([*argv, "--overwrite"]) == 0  # --overwrite starts again: every crystal relaxed
+    assert len(stand_in_potential["seen"]) == 7
+
+
+def test_evaluate_resume_and_screen_options_are_checked_at_parse_time(capsys, tmp_path):
+    salts = tmp_path / "salts.csv"
+    for extra, fragment in (
+        (["--resume"], "add --relax"),
+        (["--relax", "--resume", "--overwrite"], "pass one"),
+        (["--relax_screen", "1"], "needs --relax"),
+        (["--relax", "--no_stability", "--relax_screen", "1"], "needs --relax and stability"),
+        (["--relax", "--relax_screen", "0.05"], "at least --ehull_threshold"),
+        (["--relax", "--relax_chunk_size", "0"], "use at least 1"),
+    ):
+        code, lines = run_cli(["evaluate", str(salts), "-o", str(tmp_path / "e"), *extra], capsys)
+        assert_one_line(code, lines, fragment)
+    assert main(["evaluate", "--help"]) == 0  # the screen's help asks for its measured agreement
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--relax_screen EHULL" in text and "must be measured" in text and "--resume" in text
+
+
 # ------------------------------------------------------------------------------------------------ 4. prepare-data
 def _pilot_csv(tmp_path, val, n):
     path = tmp_path / f"pilot{n}.csv"

@@ -14,12 +14,13 @@ import pandas as pd
 
 from ..errors import UsageError
 from ..evaluation.evaluate import EvaluationOptions, _scaled_sampling_seconds, default_reference, evaluate_structures
+from ..evaluation.relaxed_chunks import RelaxedChunks
 from ..materials.ehull import EhullCalculator
 from ..materials.hull import ReferenceHull
 from ..materials.io import LoadedCrystals, load_crystals, read_table
 from ..materials.matching import ReferenceIndex
 from . import naming_input
-from .outputs import EVALUATE_OUTPUTS, check_output_dir
+from .outputs import EVALUATE_OUTPUTS, check_output_dir, remove_outputs
 from .parser import CommandArguments
 
 
@@ -37,6 +38,7 @@ class EvaluateArguments(CommandArguments):
         "symprec": (0, False),
         "fmax": (0, False),
         "steps": (1, True),
+        "relax_chunk_size": (1, True),
         "sampling_seconds": (0, False),
     }
 
@@ -91,6 +93,26 @@ class EvaluateArguments(CommandArguments):
             "is then the primitive cell."
         },
     )
+    relax_screen: float | None = field(
+        default=None,
+        metadata={
+            "help": "Relaxation screen (eV/atom): a crystal whose unrelaxed E_hull is above this is not relaxed and "
+            "counts as not stable after relaxation (relax_reason 'screened: ...'); default: off, every crystal "
+            "relaxed, the reference's rule. The screen changes verdicts wherever a crystal above it would have "
+            "relaxed to stable, so its agreement with full relaxation must be measured "
+            "(benchmarks/bench_relax_screen.py on fully relaxed samples): [TO BE MEASURED: at EHULL = ?, the "
+            "share of stable and of S.U.N. verdicts that agree with full relaxation on ? crystals, and the share of "
+            "relaxation steps saved]. Needs a value >= --ehull_threshold.",
+            "metavar": "EHULL",
+        },
+    )
+    relax_chunk_size: int = field(
+        default=64,
+        metadata={
+            "help": "Crystals relaxed together (in lockstep) and written together to OUTPUT_DIR/relaxed/ as each "
+            "chunk finishes, so Ctrl-C keeps the finished chunks and --resume relaxes only the rest."
+        },
+    )
     ehull_threshold: float = field(default=0.1, metadata={"help": "Stable: E_hull <= this (eV/atom)."})
     sampling_seconds: float | None = field(
         default=None,
@@ -135,12 +157,34 @@ class EvaluateArguments(CommandArguments):
             "(without it such a folder is refused)."
         },
     )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue an interrupted --relax evaluation in --output_dir: the crystals relaxed in its "
+            "relaxed/ chunks are not relaxed again (the same input and relaxation settings are required), the "
+            "rest is relaxed and the table, summary and plots are written anew."
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "Show progress bars (--no_progress: hide them)."})
 
     def __post_init__(self):
         super().__post_init__()
         if self.scatter is not None and len(self.scatter) != 2:
             raise ValueError(f"{self._option('scatter')}: expected 2 arguments (X Y), got {len(self.scatter)}")
+        if self.relax_screen is not None:
+            if not (self.relax and self.stability):
+                raise ValueError(f"{self._option('relax_screen')}: needs --relax and stability (no --no_stability)")
+            if self.relax_screen < self.ehull_threshold:
+                raise ValueError(
+                    f"{self._option('relax_screen')}: {self.relax_screen}: use at least --ehull_threshold "
+                    f"({self.ehull_threshold}): a crystal stable as sampled must not be screened out"
+                )
+        if self.resume and not self.relax:
+            raise ValueError(f"{self._option('resume')}: continues an interrupted --relax evaluation; add --relax")
+        if self.resume and self.overwrite:
+            raise ValueError(
+                f"{self._option('resume')}: --resume keeps the earlier relaxations, --overwrite removes them; pass one"
+            )
 
     def evaluation_options(self) -> EvaluationOptions:
         """The :class:`EvaluationOptions` these arguments set (fields of the same names)."""
@@ -188,9 +232,20 @@ def _sampling_seconds(args: EvaluateArguments, loaded: LoadedCrystals) -> tuple[
 
 
 def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
-    """Run ``crystalformer-rl evaluate``: writes the table, ``summary.json`` and plots; returns the summary."""
+    """Run ``crystalformer-rl evaluate``: writes the table, ``summary.json`` and plots; returns the summary.
+
+    With ``--relax`` each chunk of relaxations is written to ``OUTPUT_DIR/relaxed/`` as it finishes, so Ctrl-C
+    (one line, exit status 130, through the command line's one error path) keeps them and ``--resume`` relaxes only
+    the crystals they do not hold."""
     _check_inputs(args)
-    check_output_dir(args.output_dir, "--output_dir", EVALUATE_OUTPUTS, overwrite=args.overwrite)
+    earlier = check_output_dir(
+        args.output_dir,
+        "--output_dir",
+        EVALUATE_OUTPUTS,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        resume_flag="--resume" if args.relax else None,
+    )
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     progress, stability = args.progress, args.stability
@@ -219,14 +274,25 @@ def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
             ehull = EhullCalculator(args.calculator, hull)
 
     sampling_seconds, seconds_origin = _sampling_seconds(args, loaded)
-    result = evaluate_structures(
-        loaded,
-        reference=reference,
-        options=args.evaluation_options(),
-        ehull=ehull,
-        sampling_seconds=sampling_seconds,
-        progress=progress,
-    )
+    store = None
+    if args.relax:  # each finished chunk of relaxations is written at once: Ctrl-C keeps them, --resume reuses them
+        potential = {"calculator": args.calculator, "hull": args.hull, "hull_energy_scale": args.hull_energy_scale}
+        store = RelaxedChunks(Path(args.output_dir) / "relaxed", potential, resume=args.resume)
+    try:
+        result = evaluate_structures(
+            loaded,
+            reference=reference,
+            options=args.evaluation_options(),
+            ehull=ehull,
+            relax_store=store,
+            sampling_seconds=sampling_seconds,
+            progress=progress,
+        )
+    except UsageError as exc:  # a relaxed/ folder of another input or other settings
+        if not args.resume:
+            raise
+        raise UsageError(f"--resume: {exc}") from exc
+    remove_outputs([p for p in earlier if p.name != "relaxed"])  # a resumed run's table, summary and plots are new
     result.summary["input"] = str(args.input)
     result.summary["sampling_seconds_origin"] = seconds_origin
     result.summary["settings"]["reference_origin"] = origin
@@ -257,6 +323,13 @@ def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
     for key in ("valid", "struct_valid", "comp_valid", "unique", "novel", "stable", "sun"):
         if s[f"n_{key}"] is not None:
             lines.append(f"  {key:<13}{s[f'n_{key}']:>7}  ({100 * s[f'frac_{key}']:.1f} %)")
+    if s.get("n_relax_screened") is not None and s["settings"].get("relax_screen") is not None:
+        lines.append(
+            f"  screened (unrelaxed E_hull > {s['settings']['relax_screen']:g}, not relaxed, not stable): "
+            f"{s['n_relax_screened']}"
+        )
+    if s.get("n_relaxed_earlier"):
+        lines.append(f"  relaxed by the earlier run (resumed): {s['n_relaxed_earlier']}")
     if s.get("n_novelty_undecided"):
         lines.append(f"  novelty undecided (counted as not novel): {s['n_novelty_undecided']}")
     for rule in ("unrelaxed", "relaxed"):

@@ -34,6 +34,7 @@ from .evaluate import (
     summarize,
 )
 from .plots import plot_ehull_histogram, plot_property_scatter, plot_space_group_bars, plot_space_group_rates
+from .relaxed_chunks import RelaxedChunks
 
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "EvaluationResult",
     "LoadedCrystals",
     "ReferenceIndex",
+    "RelaxedChunks",
     "check_composition_validity",
     "check_structure_validity",
     "composition_validity",

@@ -10,7 +10,8 @@ full account):
   not finish is *undecided* and counts as not novel (``novelty_error``, ``n_novelty_undecided``);
 * **stable**: ``E_hull <= ehull_threshold`` (0.1 eV/atom, inclusive as ``check_sun_materials``); unscorable
   structures are not stable. ``stable_unrelaxed`` judges the structure as sampled (``e_hull``), ``stable_relaxed``
-  the MLIP-relaxed one (``e_hull_relaxed``, with relaxation);
+  the MLIP-relaxed one (``e_hull_relaxed``, with relaxation). With the relaxation screen (``relax_screen``, off by
+  default) a crystal whose unrelaxed E_hull is above it is not relaxed and not stable (``relax_screened``);
 * **S.U.N.**: stable, novel, and the first stable-and-novel member of its duplicate group. Each distinct stable
   novel crystal counts once even when its first occurrence is unstable, as the reference (which filters stable
   structures before de-duplicating) does. Two rules are reported:
@@ -30,7 +31,11 @@ The reference defaults to the training crystals of the model that sampled the in
 ``samples.csv.meta.json``): a model folder's own ``reference_corpus.*``, and for the embedded model the corpus
 shipped with the package (:data:`DEFAULT_REFERENCE`); crystals of unknown origin are compared with the latter.
 
-Command line: ``crystalformer-rl evaluate samples.csv --output_dir eval/ [--relax]``
+Relaxations are made chunk by chunk (:func:`~crystalformer_rl.materials.relaxation.relax_in_chunks`); with a
+``relax_store`` (:class:`~.relaxed_chunks.RelaxedChunks`) each chunk is written as it finishes and a resumed
+evaluation relaxes only the crystals it does not hold.
+
+Command line: ``crystalformer-rl evaluate samples.csv --output_dir eval/ [--relax [--resume] [--relax_screen E]]``
 (:mod:`crystalformer_rl.commands.evaluate`).
 """
 
@@ -41,6 +46,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -56,10 +62,11 @@ from tqdm.auto import tqdm
 from ..materials.ehull import EhullCalculator, EhullFn, compute_ehull, default_ehull_fn, default_relax_fn
 from ..materials.io import LoadedCrystals, load_crystals
 from ..materials.matching import ReferenceIndex, deduplicate, novelty_checks, reduced_formula, space_group_number
-from ..materials.relaxation import RelaxFn, relax_structures
+from ..materials.relaxation import RelaxFn, relax_in_chunks, unrelaxable_reason
 from ..materials.validity import check_composition_validity, check_species, check_structure_validity
 from ..pretrained import SHIPPED_REFERENCE, model_reference
 from ..utils import atomic_write_table, atomic_write_text
+from .relaxed_chunks import RELAXED_COLUMNS, RelaxedChunks, crystals_fingerprint
 
 
 logger = logging.getLogger(__name__)
@@ -174,6 +181,10 @@ class EvaluationResult:
         return paths
 
 
+#: a screened crystal's reason names its own E_hull; the summary counts them under one reason
+_SCREENED = re.compile(r"^screened: unrelaxed E_hull \S+ >")
+
+
 def _space_group_rates(frame: pd.DataFrame) -> list[str]:
     """The rates the per-space-group bars show: S.U.N. if computed, else stability, else validity."""
     for family in ("sun", "stable"):
@@ -268,7 +279,9 @@ def summarize(table: pd.DataFrame, settings: dict[str, Any], sampling_seconds: f
         "novelty_error",
     ):
         if column in table:
-            reasons.update(f"{column}: {r}" for r in table[column].dropna())
+            reasons.update(
+                f"{column}: {_SCREENED.sub('screened: unrelaxed E_hull >', str(r))}" for r in table[column].dropna()
+            )
     summary["top_failure_reasons"] = dict(reasons.most_common(10))
     summary["settings"] = settings
     return summary
@@ -324,6 +337,8 @@ class EvaluationOptions:
     fmax: float = 0.1  # relaxation force threshold (eV/Å)
     steps: int = 500  # maximum relaxation steps
     relax_primitive: bool = False  # relax each crystal's primitive cell (fewer atoms per step for centred cells)
+    relax_screen: float | None = None  # not relaxed, and not stable, when the unrelaxed E_hull is above (eV/atom)
+    relax_chunk_size: int = 64  # crystals relaxed in lockstep, and written together with a ``relax_store``
     ehull_threshold: float = 0.1  # stable: E_hull <= this (eV/atom)
     same_space_group: bool = False  # novelty compares only references of the same space group
     symprec: float = 0.1  # spglib tolerance of the ``space_group`` column
@@ -342,6 +357,7 @@ def evaluate_structures(
     ehull: EhullCalculator | None = None,
     ehull_fn: EhullFn | None = None,
     relax_fn: RelaxFn | None = None,
+    relax_store: RelaxedChunks | None = None,
     sampling_seconds: float | None = None,
     progress: bool = True,
     **overrides: Any,
@@ -360,6 +376,9 @@ def evaluate_structures(
             ``EhullCalculator()``: CHGNet r2SCAN against the shipped MP hull).
         ehull_fn: E_hull of a list of structures (replaces ``ehull``'s).
         relax_fn: relaxation of a list of structures (default: ``ehull``'s potential, FIRE, ``fmax``, ``steps``).
+        relax_store: where each chunk of relaxations is written as it finishes (:class:`RelaxedChunks`, the
+            command's ``OUTPUT_DIR/relaxed``); with ``resume`` the crystals it already holds are not relaxed again.
+            Its input and settings are checked before any work.
         sampling_seconds: wall time spent generating the samples, for S.U.N. per second.
     """
     options = dataclasses.replace(options or EvaluationOptions(), **overrides)
@@ -377,6 +396,24 @@ def evaluate_structures(
     n = len(structures)
     names = list(names) if names is not None else [str(i) for i in range(n)]
     errors = list(errors) if errors is not None else [None if s is not None else "no structure" for s in structures]
+    screen = options.relax_screen if relax else None
+    if screen is not None and (not stability or screen < options.ehull_threshold):
+        raise ValueError(
+            f"relax_screen {screen}: needs stability (the unrelaxed E_hull) and a value >= ehull_threshold "
+            f"({options.ehull_threshold})"
+        )
+    relax_settings = {"fmax": options.fmax, "steps": options.steps, "primitive": options.relax_primitive}
+    earlier: dict[int, dict[str, Any]] = {}
+    if relax and relax_store is not None:  # another input or other settings are refused before any work
+        relax_store.settings = {  # the caller's (the potential: --calculator, --hull), then these
+            **relax_store.settings,
+            "fmax": options.fmax,
+            "steps": options.steps,
+            "relax_primitive": bool(options.relax_primitive),
+            "relax_screen": screen,
+            "stability": bool(stability),
+        }
+        earlier = relax_store.open(crystals_fingerprint(structures, names), n)
     # Load models and the reference first: a wrong path or a missing model fails now, not after the relaxations.
     index = _as_reference(reference, progress)
     if ehull is None and stability and ehull_fn is None and relax and relax_fn is None:
@@ -400,15 +437,13 @@ def evaluate_structures(
                 f"space_group_column {space_group_column!r} is not a column of the input or the table "
                 f"(available: {', '.join(map(str, dict.fromkeys(available)))})"
             )
-    relax_settings = {"fmax": options.fmax, "steps": options.steps, "primitive": options.relax_primitive}
+    relaxation = _Relaxation(relax_fn, relax_settings, screen, options.relax_chunk_size, relax_store, earlier)
     relaxed, stable, stable_unrelaxed, relaxation_seconds = _stability_columns(
         table,
         structures,
         stability,
-        relax,
+        relaxation if relax else None,
         ehull_fn,
-        relax_fn,
-        relax_settings,
         options.ehull_threshold,
         options.batch_size,
         progress,
@@ -439,6 +474,12 @@ def evaluate_structures(
         "fmax": options.fmax if relax else None,
         "steps": options.steps if relax else None,
         "relax_primitive": bool(options.relax_primitive) if relax else None,
+        "relax_screen": screen,
+        "relax_screen_rule": (
+            None
+            if screen is None
+            else "not relaxed, and not stable, when e_hull (unrelaxed) > relax_screen (eV/atom); off = relax all"
+        ),
         "reference": getattr(index, "name", None),
         "reference_size": len(index) if index is not None else None,
         "same_space_group": options.same_space_group,
@@ -452,6 +493,11 @@ def evaluate_structures(
     summary["n_space_groups"] = int(by_space_group["space_group"].notna().sum())
     summary["evaluation_seconds"] = time.perf_counter() - t0
     summary["relaxation_seconds"] = relaxation_seconds
+    if relax:
+        summary["n_relax_screened"] = _count(table["relax_screened"])
+        summary["n_relaxed_earlier"] = sum(i in earlier for i in relaxation.relaxed_indices)
+        steps = pd.to_numeric(table["relax_steps"], errors="coerce")
+        summary["relax_steps_total"] = int(steps.sum()) if steps.notna().any() else None
     if index is None:
         summary["note"] = "no reference set: novelty and S.U.N. not computed"
     return EvaluationResult(table=table, summary=summary, relaxed=relaxed, by_space_group=by_space_group)
@@ -504,10 +550,21 @@ def _validity_table(names, structures, errors, symprec: float, progress: bool) -
     return table
 
 
-def _stability_columns(
-    table, structures, stability, relax, ehull_fn, relax_fn, relax_settings, ehull_threshold, batch_size, progress
-):
-    """Add E_hull (as sampled and, with ``relax``, relaxed) and the stable flags to ``table``.
+@dataclass
+class _Relaxation:
+    """How ``evaluate --relax`` relaxes: the relaxer, its settings, the screen, the chunks and where they go."""
+
+    relax_fn: RelaxFn
+    settings: dict[str, Any]  # fmax, steps, primitive
+    screen: float | None
+    chunk_size: int
+    store: RelaxedChunks | None
+    earlier: dict[int, dict[str, Any]]  # rows of the store's finished chunks, by input index
+    relaxed_indices: list[int] = field(default_factory=list)  # relaxed now or earlier (not screened or unrelaxable)
+
+
+def _stability_columns(table, structures, stability, relaxation, ehull_fn, ehull_threshold, batch_size, progress):
+    """Add E_hull (as sampled and, with ``relaxation``, relaxed) and the stable flags to ``table``.
 
     Returns ``(relaxed structures, stable, stable_unrelaxed, relaxation seconds)``; ``stable`` is the relaxed
     rule's flag with relaxation, the unrelaxed one's without, ``None`` without stability."""
@@ -521,24 +578,102 @@ def _stability_columns(
         table["e_hull_reason"] = reasons
         stable = stable_unrelaxed = _is_stable(table["e_hull"], ehull_threshold)
         table["stable_unrelaxed"] = pd.array(stable_unrelaxed, dtype="boolean")
-    if relax:
+    if relaxation is not None:
         start = time.perf_counter()
-        relaxed, energies, relax_reasons = relax_structures(structures, relax_fn, progress=progress, **relax_settings)
+        rows = _relax(table, structures, relaxation, ehull_fn if stability else None, batch_size, progress)
         relaxation_seconds = time.perf_counter() - start
-        table["energy_relaxed"] = pd.array(energies, dtype="Float64")
-        table["relax_reason"] = relax_reasons
-        table["relaxed_cif"] = [None if r is None else r.to(fmt="cif") for r in relaxed]
+        relaxed = [
+            _structure(row["relaxed_cif"]) if row.get("structure") is None else row["structure"] for row in rows
+        ]
+        table["energy_relaxed"] = pd.array([row["energy_relaxed"] for row in rows], dtype="Float64")
+        table["relax_reason"] = [row["relax_reason"] for row in rows]
+        table["relax_steps"] = pd.array([row["relax_steps"] for row in rows], dtype="Int64")
+        table["relax_converged"] = pd.array([row["relax_converged"] for row in rows], dtype="boolean")
+        table["relax_screened"] = pd.array([bool(row.get("screened")) for row in rows], dtype="boolean")
+        table["relaxed_cif"] = [row["relaxed_cif"] for row in rows]
         if stability:
-            values_r, reasons_r = compute_ehull(
-                relaxed, ehull_fn, batch_size=batch_size, progress=progress, desc="E_hull (relaxed)"
-            )
-            table["e_hull_relaxed"] = pd.array(values_r, dtype="Float64")
-            table["e_hull_relaxed_reason"] = reasons_r
+            table["e_hull_relaxed"] = pd.array([row["e_hull_relaxed"] for row in rows], dtype="Float64")
+            table["e_hull_relaxed_reason"] = [row["e_hull_relaxed_reason"] for row in rows]
             stable = _is_stable(table["e_hull_relaxed"], ehull_threshold)
             table["stable_relaxed"] = pd.array(stable, dtype="boolean")
     if stability:
         table["stable"] = pd.array(stable, dtype="boolean")
     return relaxed, stable, stable_unrelaxed, relaxation_seconds
+
+
+def _relax(table, structures, relaxation: _Relaxation, ehull_fn, batch_size, progress) -> list[dict[str, Any]]:
+    """One row per crystal of the relaxation's columns (:data:`RELAXED_COLUMNS`, plus ``structure`` and
+    ``screened``): unrelaxable and screened crystals get their reason, the store's earlier rows are reused, and the
+    rest are relaxed chunk by chunk, each chunk's relaxed E_hull computed and the chunk written as it finishes."""
+    empty = dict.fromkeys(RELAXED_COLUMNS)
+    rows: list[dict[str, Any]] = []
+    for i, s in enumerate(structures):
+        row = {**empty, "relax_reason": unrelaxable_reason(s)}
+        e_hull = table["e_hull"].iloc[i] if "e_hull" in table else pd.NA
+        if row["relax_reason"] is None and relaxation.screen is not None and e_hull is not pd.NA:
+            if float(e_hull) > relaxation.screen:
+                row["relax_reason"] = f"screened: unrelaxed E_hull {float(e_hull):.4g} > {relaxation.screen:g}"
+                row["screened"] = True
+        if row["relax_reason"] is not None and ehull_fn is not None:
+            row["e_hull_relaxed_reason"] = row["relax_reason"]
+        rows.append(row)
+    todo = [i for i, row in enumerate(rows) if row["relax_reason"] is None]
+    relaxation.relaxed_indices = todo
+    earlier = [i for i in todo if i in relaxation.earlier]
+    for i in earlier:
+        rows[i].update({k: relaxation.earlier[i].get(k) for k in RELAXED_COLUMNS})
+    if earlier:
+        logger.info("relaxation: %d of %d crystals relaxed by the earlier run, kept", len(earlier), len(todo))
+    remaining = [i for i in todo if i not in relaxation.earlier]
+    names = table["name"].tolist()
+    chunks = relax_in_chunks(
+        structures,
+        remaining,
+        relaxation.relax_fn,
+        chunk_size=relaxation.chunk_size,
+        primitive=relaxation.settings["primitive"],
+        progress=progress,
+        done=len(earlier),
+    )
+    start = time.perf_counter()
+    for chunk, outcomes in chunks:
+        for i, outcome in zip(chunk, outcomes):
+            rows[i].update(
+                structure=outcome.structure,
+                relaxed_cif=None if outcome.structure is None else outcome.structure.to(fmt="cif"),
+                energy_relaxed=outcome.energy,
+                relax_steps=outcome.steps,
+                relax_converged=outcome.converged,
+                relax_reason=outcome.reason,
+            )
+        if ehull_fn is not None:
+            values, reasons = compute_ehull(
+                [rows[i]["structure"] for i in chunk], ehull_fn, batch_size=batch_size, progress=False
+            )
+            for i, value, reason in zip(chunk, values, reasons):
+                rows[i].update(e_hull_relaxed=value, e_hull_relaxed_reason=rows[i]["relax_reason"] or reason)
+        seconds, start = time.perf_counter() - start, time.perf_counter()
+        if relaxation.store is not None:
+            relaxation.store.write(
+                [
+                    {
+                        "index": i,
+                        "name": str(names[i]),
+                        **{k: rows[i][k] for k in RELAXED_COLUMNS},
+                        "chunk_seconds": seconds,
+                    }
+                    for i in chunk
+                ]
+            )
+    n_failed = sum(rows[i]["relaxed_cif"] is None for i in todo)
+    if n_failed:
+        logger.warning("relaxation: %d/%d structures not relaxed", n_failed, len(todo))
+    return rows
+
+
+def _structure(cif: str | None) -> Structure | None:
+    """The relaxed structure an earlier run wrote (``relaxed_cif``)."""
+    return None if cif is None else Structure.from_str(cif, fmt="cif")
 
 
 def _sun_columns(table, structures, relaxed, index, stable, stable_unrelaxed, same_space_group, progress) -> None:

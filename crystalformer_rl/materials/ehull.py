@@ -25,7 +25,7 @@ from ..devices import resolve_device
 from .hull import ReferenceHull
 from .potentials import GGA, GGA_MP2020, R2SCAN, EnergyModel, load_energy_model, mp2020_corrected_energies
 from .property import CrystalProperty
-from .relaxation import RelaxFn, RelaxResult
+from .relaxation import RelaxFn
 from .structures import Failure, structure_fingerprint
 
 
@@ -271,12 +271,12 @@ def default_ehull_fn(ehull: EhullCalculator | None = None, **kwargs: Any) -> Ehu
 
 def default_relax_fn(fmax: float = 0.1, steps: int = 500, energy_model: EnergyModel | None = None) -> RelaxFn:
     """Relax with ``energy_model`` (default: the potential of ``EhullCalculator()``, CHGNet r2SCAN) in lockstep,
-    one batched force call per step (``relax_fn.batched``); the function takes ``on_done(index)`` for progress."""
+    one batched force call per step (``relax_fn.batched``); the function takes ``on_done(index)`` for progress and
+    returns a :class:`~.relaxation.RelaxResult` (structure, energy, steps, converged) or the exception per structure."""
     model = energy_model if energy_model is not None else load_energy_model()
 
     def relax_fn(structures: list[Structure], on_done: Callable[[int], None] | None = None) -> list[Any]:
-        results = model.relax_many(structures, fmax=fmax, steps=steps, on_done=on_done)
-        return [(r.structure, float(r.energy)) if isinstance(r, RelaxResult) else r for r in results]
+        return list(model.relax_many(structures, fmax=fmax, steps=steps, on_done=on_done))
 
     relax_fn.batched = True  # type: ignore[attr-defined]
     return relax_fn

@@ -4,8 +4,9 @@
 optimizer exactly as ``FIRE(FrechetCellFilter(atoms)).run(fmax, steps)`` would, and gets the energies, forces and
 stresses of every unconverged structure from one batched call per step. Everything else relaxes through it:
 ``EnergyModel.relax_many`` / ``relax`` (a potential's batched forces), :func:`relax_structure` (any ASE calculator),
-and :func:`relax_structures`, the driver of ``evaluate``, SFT, DPO pairs and the benchmarks, which keeps a reason for
-every structure it could not relax.
+and :func:`relax_in_chunks` (chunk by chunk, each yielded as it finishes: ``evaluate`` writes it at once) with
+:func:`relax_structures` over it, the driver of SFT, DPO pairs and the benchmarks; both keep a reason for every
+structure they could not relax.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +30,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "RelaxFn",
+    "RelaxOutcome",
     "RelaxResult",
     "calculator_efs",
     "primitive_cell",
+    "relax_in_chunks",
     "relax_in_lockstep",
     "relax_structure",
     "relax_structures",
+    "unrelaxable_reason",
 ]
 
 #: ``relax_fn(structures[, on_done]) -> [RelaxResult | (structure, energy) | Exception | None]``, one per input
@@ -183,6 +187,77 @@ def relax_structure(structure: Structure, calculator: Any, fmax: float = 0.1, st
     return result
 
 
+@dataclass
+class RelaxOutcome:
+    """What relaxing one structure gave: the relaxed structure and its total energy (eV), or the reason there is
+    none; FIRE's step count and whether it converged, where the relaxer says (a :class:`RelaxResult`)."""
+
+    structure: Structure | None
+    energy: float | None
+    reason: str | None
+    steps: int | None = None
+    converged: bool | None = None
+
+
+def unrelaxable_reason(structure: Structure | None) -> str | None:
+    """Why ``structure`` is not given to a relaxer (no structure, a collapsed cell), else ``None``."""
+    if structure is None:
+        return "no structure"
+    if (why := unmatchable_reason(structure)) is not None:  # a collapsed cell would hang CHGNet's neighbour search
+        return f"not relaxed: {why}"
+    return None
+
+
+def relax_in_chunks(
+    structures: Sequence[Structure | None],
+    indices: Sequence[int],
+    relax_fn: RelaxFn,
+    chunk_size: int = 64,
+    primitive: bool = False,
+    progress: bool = True,
+    done: int = 0,
+) -> Iterator[tuple[list[int], list[RelaxOutcome]]]:
+    """Relax ``structures[i]`` for ``i`` in ``indices``, ``chunk_size`` at a time, yielding each chunk's indices
+    and :class:`RelaxOutcome` as soon as the chunk is finished (so a caller can write it before the next starts).
+
+    A batched ``relax_fn`` (``relax_fn.batched``, as :func:`~.ehull.default_relax_fn` makes) gets a whole chunk in
+    one call (the structures step in lockstep) and reports each as it finishes; any other ``relax_fn`` gets one
+    structure at a time, so that a relaxation that blows up costs only its own row. Either way a failure is that
+    row's reason, never the run's. ``primitive`` relaxes each crystal's primitive cell (:func:`primitive_cell`).
+    ``done`` relaxations finished earlier start the progress bar.
+    """
+    batched = getattr(relax_fn, "batched", False)
+    size = max(1, chunk_size)
+    bar = tqdm(total=done + len(indices), initial=done, desc="relaxing", unit="crystal", disable=not progress)
+    try:
+        for start in range(0, len(indices), size):
+            chunk = list(indices[start : start + size])
+            todo = [structures[i] for i in chunk]
+            if primitive:
+                todo = [primitive_cell(s) for s in todo]
+            if batched:
+                results = _call(relax_fn, todo, on_done=lambda _: bar.update(1))
+            else:
+                results = []
+                for s in todo:
+                    results.extend(_call(relax_fn, [s]))
+                    bar.update(1)
+            yield chunk, [_relaxation_outcome(r) for r in results]
+    finally:
+        bar.close()
+
+
+def _call(relax_fn: RelaxFn, structures: list[Structure], **kwargs: Any) -> list[Any]:
+    """``relax_fn(structures)``, one result per structure: a call that raises is every structure's exception."""
+    try:
+        results = list(relax_fn(structures, **kwargs))
+        if len(results) != len(structures):
+            raise RuntimeError(f"{len(results)} results for {len(structures)} structures")
+    except Exception as exc:
+        results = [exc] * len(structures)
+    return results
+
+
 def relax_structures(
     structures: Sequence[Structure | None],
     relax_fn: RelaxFn,
@@ -194,45 +269,20 @@ def relax_structures(
 ) -> tuple[list[Structure | None], list[float | None], list[str | None]]:
     """Relaxed structure, its total energy (eV) and the failure reason, per input.
 
-    A batched ``relax_fn`` (``relax_fn.batched``, as :func:`~.ehull.default_relax_fn` makes) gets ``chunk_size``
-    structures at a time and reports each as it finishes; any other ``relax_fn`` gets one structure at a time, so that a relaxation
-    that blows up costs only its own row. Either way a failure is that row's reason, never the run's. A collapsed
-    cell (:func:`~.matching.unmatchable_reason`) is not relaxed: its neighbour list
-    would span millions of periodic images. ``primitive`` relaxes each crystal's primitive cell
-    (:func:`primitive_cell`), as the reference's ``mlff_relax.py`` can; the energy is then that of the primitive
-    cell (the same per atom).
+    The structures go through :func:`relax_in_chunks` (``chunk_size`` in lockstep with a batched ``relax_fn``, one
+    at a time with any other); a failure is that row's reason, never the run's. A collapsed cell
+    (:func:`~.matching.unmatchable_reason`) is not relaxed: its neighbour list would span millions of periodic
+    images. ``primitive`` relaxes each crystal's primitive cell (:func:`primitive_cell`), as the reference's
+    ``mlff_relax.py`` can; the energy is then that of the primitive cell (the same per atom). ``fmax`` and
+    ``steps`` are the caller's record: ``relax_fn`` carries its own.
     """
     relaxed: list[Structure | None] = [None] * len(structures)
     energies: list[float | None] = [None] * len(structures)
-    reasons: list[str | None] = [None] * len(structures)
-    for i, s in enumerate(structures):
-        if s is None:
-            reasons[i] = "no structure"
-        elif (why := unmatchable_reason(s)) is not None:  # a collapsed cell would hang CHGNet's neighbour search
-            reasons[i] = f"not relaxed: {why}"
-    todo = [i for i, s in enumerate(structures) if s is not None and reasons[i] is None]
-    if primitive:
-        structures = [s if s is None else primitive_cell(s) for s in structures]
-    batched = getattr(relax_fn, "batched", False)
-    size = max(1, chunk_size) if batched else 1
-    bar = tqdm(total=len(todo), desc="relaxing", unit="crystal", disable=not progress)
-    try:
-        for start in range(0, len(todo), size):
-            chunk = todo[start : start + size]
-            try:
-                if batched:
-                    results = list(relax_fn([structures[i] for i in chunk], on_done=lambda _: bar.update(1)))
-                else:
-                    results = list(relax_fn([structures[i] for i in chunk]))
-                    bar.update(len(chunk))
-                if len(results) != len(chunk):
-                    raise RuntimeError(f"{len(results)} results for {len(chunk)} structures")
-            except Exception as exc:
-                results = [exc] * len(chunk)
-            for i, result in zip(chunk, results):
-                relaxed[i], energies[i], reasons[i] = _relaxation_outcome(result)
-    finally:
-        bar.close()
+    reasons: list[str | None] = [unrelaxable_reason(s) for s in structures]
+    todo = [i for i, reason in enumerate(reasons) if reason is None]
+    for chunk, outcomes in relax_in_chunks(structures, todo, relax_fn, chunk_size, primitive, progress):
+        for i, outcome in zip(chunk, outcomes):
+            relaxed[i], energies[i], reasons[i] = outcome.structure, outcome.energy, outcome.reason
     n_failed = sum(relaxed[i] is None for i, s in enumerate(structures) if s is not None)
     if n_failed:
         logger.warning("relaxation: %d/%d structures not relaxed", n_failed, len(structures))
@@ -258,17 +308,20 @@ def primitive_cell(structure: Structure, tolerance: float = 0.01) -> Structure:
     return reduced if same and len(reduced) < len(structure) else structure
 
 
-def _relaxation_outcome(result: Any) -> tuple[Structure | None, float | None, str | None]:
-    """(structure, energy, reason) from whatever a relax_fn returned for one structure."""
+def _relaxation_outcome(result: Any) -> RelaxOutcome:
+    """A :class:`RelaxOutcome` from whatever a relax_fn returned for one structure."""
     if isinstance(result, Exception):
-        return None, None, f"relaxation failed: {type(result).__name__}: {result}"
+        return RelaxOutcome(None, None, f"relaxation failed: {type(result).__name__}: {result}")
     if result is None or getattr(result, "reason", None) is not None:
-        return None, None, f"relaxation failed: {getattr(result, 'reason', 'no result')}"
+        return RelaxOutcome(None, None, f"relaxation failed: {getattr(result, 'reason', 'no result')}")
     structure, energy = result if isinstance(result, tuple) else (result.structure, result.energy)
     if not isinstance(structure, Structure):
-        return None, None, f"relaxation returned a {type(structure).__name__}, not a Structure"
+        return RelaxOutcome(None, None, f"relaxation returned a {type(structure).__name__}, not a Structure")
     try:
         value = float(energy) if energy is not None and math.isfinite(float(energy)) else None
     except (TypeError, ValueError):
         value = None
-    return structure, value, None
+    steps, converged = getattr(result, "steps", None), getattr(result, "converged", None)
+    return RelaxOutcome(
+        structure, value, None, None if steps is None else int(steps), None if converged is None else bool(converged)
+    )
