@@ -4,7 +4,8 @@ trainers (SFT).
 :func:`draw_space_groups` picks the space group of each crystal, :func:`sample_crystals` samples a model into
 ``CrystalTokens`` and log-likelihoods, :func:`sample_to_frame` makes those a table of token strings,
 :func:`structures_from_token_strings` turns token strings into pymatgen structures and :func:`write_samples`
-writes CSV, CIFs and extxyz (atomically) with the sampling time.
+writes CSV, CIFs and extxyz (atomically) with the sampling time. :func:`crystal_batch_reward` makes a reward over
+crystals (a TRL reward callable) the batch reward ``model.mcmc`` takes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .utils import atomic_write_table, atomic_write_text, atomic_write_with
 
 
 __all__ = [
+    "crystal_batch_reward",
     "crystals_to_frame",
     "draw_space_groups",
     "sample_crystals",
@@ -94,6 +96,19 @@ def sample_crystals(
             terms[k].append(batch_terms[k])
     logps = {k: np.concatenate(v) if v else np.zeros(0) for k, v in terms.items()}
     return crystals, logps, seconds
+
+
+def crystal_batch_reward(reward):
+    """``model.mcmc``'s reward from a reward over crystals: a TRL reward callable ``reward(prompts, completions,
+    **kwargs) -> list[float | None]`` such as ``reward_models.load_reward("ehull")`` or the RL trainer's; it is
+    called with the space groups as prompts and the batch's ``CrystalTokens`` as completions."""
+
+    def batch_reward(batch) -> list[float | None]:
+        crystals = CrystalTokens.from_sampler_output(batch)
+        return list(reward(prompts=[c.G for c in crystals], completions=crystals))
+
+    batch_reward.__name__ = getattr(reward, "name", None) or getattr(reward, "__name__", "reward")
+    return batch_reward
 
 
 #: bytes the sampler holds per crystal of a batch, measured on the embedded model (2 layers x 64: ~50 KB at

@@ -40,6 +40,7 @@ REMOTE_CODE = {
     "configuration_crystalformer.py",
     "modeling_crystalformer.py",
     "sampling_crystalformer.py",
+    "mcmc_crystalformer.py",
     "kv_cache_and_densities.py",
     "hub_crystalformer.py",
     "crystallography.py",

@@ -91,6 +91,14 @@ COMMANDS = {
         "  crystalformer-rl sample -g 221 -w a b c -e Sr Ti O -n 10   # forced Wyckoff letters\n"
         "  crystalformer-rl sample --model epoch_005500.pkl -n 1000   # an official checkpoint",
     ),
+    "mcmc": Command(
+        "Metropolis-Hastings chains on p_base · exp(r / τ), started from the model's samples (as sample, + mcmc.json)",
+        "crystalformer_rl.commands.mcmc:run_mcmc",
+        ("crystalformer_rl.commands.mcmc:MCMCArguments",),
+        epilog="examples:\n"
+        "  crystalformer-rl mcmc -g 225 -n 100 --nsweeps 10 -o chains          # the reference's chain on p_base\n"
+        "  crystalformer-rl mcmc -n 200 --reward ehull --temperature 0.1 -o post  # the posterior of the RL recipe",
+    ),
     "evaluate": Command(
         "validity, uniqueness, novelty, stability (E_hull) and S.U.N. of crystals, per structure and in summary",
         "crystalformer_rl.commands.evaluate:run_evaluate",

@@ -13,11 +13,19 @@ from pathlib import Path
 from ..errors import UsageError
 
 
-__all__ = ["SAMPLE_OUTPUTS", "EVALUATE_OUTPUTS", "PREPARE_OUTPUTS", "TRAINING_OUTPUTS", "check_output_dir"]
+__all__ = [
+    "SAMPLE_OUTPUTS",
+    "MCMC_OUTPUTS",
+    "EVALUATE_OUTPUTS",
+    "PREPARE_OUTPUTS",
+    "TRAINING_OUTPUTS",
+    "check_output_dir",
+]
 
 # What each command writes (glob patterns relative to its output folder): an earlier run is recognised by these, and
 # --overwrite removes exactly these (a user's other files in the folder are left alone).
 SAMPLE_OUTPUTS = ("samples.csv", "samples.csv.meta.json", "sampling.json", "cifs", "samples.extxyz")
+MCMC_OUTPUTS = (*SAMPLE_OUTPUTS, "mcmc.json")
 EVALUATE_OUTPUTS = (
     "structures.csv",
     "structures.parquet",

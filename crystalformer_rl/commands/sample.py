@@ -56,13 +56,16 @@ class SampleArguments(CommandArguments, SamplingOptions):
 
     def __post_init__(self):
         super().__post_init__()  # ranges, scalars as one-item lists, the sampling options
+        self._check_space_groups()
+        if self.wyckoff:
+            self._check_wyckoff()
+
+    def _check_space_groups(self) -> None:
         for group in self.space_group or ():
             if not 1 <= group <= NUM_SPACE_GROUPS:
                 raise ValueError(
                     f"{self._option('space_group')}: {group} is not a space group; use 1..{NUM_SPACE_GROUPS}"
                 )
-        if self.wyckoff:
-            self._check_wyckoff()
 
     def _check_wyckoff(self) -> None:
         """Forced Wyckoff letters need the space group(s) they belong to, and must exist in each of them."""

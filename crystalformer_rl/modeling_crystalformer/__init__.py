@@ -1,4 +1,4 @@
-"""CrystalFormer as a Hugging Face model: configuration, model, sampler and checkpoint converter.
+"""CrystalFormer as a Hugging Face model: configuration, model, sampler, MCMC and checkpoint converter.
 
 Importing this package registers ``model_type="crystalformer"`` with `AutoConfig` and `AutoModel`.
 """
@@ -6,6 +6,7 @@ Importing this package registers ``model_type="crystalformer"`` with `AutoConfig
 from transformers import AutoConfig, AutoModel
 
 from .configuration_crystalformer import CrystalFormerConfig
+from .mcmc_crystalformer import CrystalMCMCOutput
 from .modeling_crystalformer import (
     CrystalFormerForCrystalGeneration,
     CrystalFormerKVCache,
@@ -26,6 +27,7 @@ __all__ = [
     "CrystalFormerModel",
     "CrystalFormerOutput",
     "CrystalFormerPreTrainedModel",
+    "CrystalMCMCOutput",
     "CrystalSamplerOutput",
     "SamplingOptions",
 ]
