@@ -98,10 +98,34 @@ def test_features_save_and_load(features, tmp_path):
     assert np.array_equal(loaded.comp_valid, features.comp_valid)
 
 
-@pytest.mark.skipif(not MP20_TEST_FEATURES.exists(), reason="the shipped MP-20 test features are not built yet")
 def test_the_shipped_test_features_are_mp20_test_in_order():
     features = load_mp20_test_features()
     ids = np.load(MP20_TEST_FEATURES)["material_id"]
     assert len(features) == 9046
     assert list(ids) == list(pd.read_csv(MP20 / "test.csv.gz", usecols=["material_id"]).material_id)
     assert features.struct_valid.mean() == 1.0
+
+
+def test_benchmark_command_on_test_crystals_resumes_and_refuses_a_bad_input(tmp_path, capsys):
+    """30 MP-20 test crystals benchmarked against the shipped test features: each is its own nearest neighbour
+    (COV-P 100 %); they cover far more than themselves (CDVAE's cutoffs are wide: ~46 %) but not the whole split;
+    a rerun keeps the fingerprints."""
+    import json
+
+    from crystalformer_rl.commands import main
+
+    frame = pd.read_csv(MP20 / "test.csv.gz", nrows=30, usecols=["material_id", "cif"])
+    frame.to_csv(tmp_path / "crystals.csv", index=False)
+    flags = ["-o", str(tmp_path / "bench"), "--num_proc", "1", "--wasserstein_samples", "10", "--no_evaluate"]
+    assert main(["benchmark", str(tmp_path / "crystals.csv"), *flags, "--no_progress"]) in (None, 0)
+    metrics = json.loads((tmp_path / "bench" / "benchmark_mp20.json").read_text())
+    assert metrics["struct_valid"] == 100.0 and metrics["cov_precision"] == 100.0
+    assert 30 / 9046 * 100 < metrics["cov_recall"] < 90
+    chunk = next((tmp_path / "bench" / "fingerprints").glob("chunk-*.npz"))
+    stamp = chunk.stat().st_mtime_ns
+    assert main(["benchmark", str(tmp_path / "crystals.csv"), *flags, "--no_progress"]) in (None, 0)
+    assert chunk.stat().st_mtime_ns == stamp  # resumed: the finished chunk was kept, not recomputed
+    capsys.readouterr()
+    assert main(["benchmark", str(tmp_path / "missing.csv"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.csv" in err[0]
