@@ -28,7 +28,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 

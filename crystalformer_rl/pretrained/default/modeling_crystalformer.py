@@ -466,8 +466,8 @@ class CrystalFormerPreTrainedModel(PreTrainedModel):
 
 class CrystalFormerForCrystalGeneration(CrystalFormerPreTrainedModel):
     r"""
-    CrystalFormer with its output head: exact log-likelihood of tokenized crystals (`forward`, `log_prob`) and
-    KV-cached autoregressive sampling (`sample`).
+    CrystalFormer with its output head: exact log-likelihood of tokenized crystals (`forward`, `log_prob`),
+    KV-cached autoregressive sampling (`sample`) and Metropolis–Hastings chains on its posterior (`mcmc`).
 
     Inputs use the tokenizer's layout, padded to any number of sites `n <= n_max`:
     `G` (B,) space group 1..230; `W` (B, n) Wyckoff letters (0 = padding, 1 = 'a'); `A` (B, n) atomic numbers
@@ -749,6 +749,75 @@ class CrystalFormerForCrystalGeneration(CrystalFormerPreTrainedModel):
             generator=generator,
             use_cache=use_cache,
             max_batch_size=max_batch_size,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def mcmc(
+        self,
+        space_group=None,
+        num_chains: int | None = None,
+        *,
+        initial=None,
+        reward=None,
+        temperature=1.0,
+        inverse_temperature=1.0,
+        nsweeps: int = 10,
+        mcmc_width: float = 0.1,
+        sampling_options: SamplingOptions | None = None,
+        seed: int | None = None,
+        reward_batch_size: int | None = None,
+        score_dependent_coordinates: bool = False,
+        **kwargs,
+    ):
+        r"""
+        Metropolis–Hastings chains on the posterior p_base(x) · exp(r(x) / τ), the reference's MCMC (§5.6)
+        generalised (see `mcmc_crystalformer.py`): G and W fixed, moves of one site's element (uniform among its
+        allowed elements) and coordinates (a von Mises step of width `mcmc_width`, projected by the site's op0),
+        `nsweeps` sweeps over the sites; without a reward the lattice is drawn from the model afterwards, with one
+        it is moved after every sweep (a proposal from the model, accepted on the reward).
+
+        Args:
+            space_group, num_chains: as `sample`'s `space_group`, `num_samples`: the chains start from the model's
+                samples (drawn with `sampling_options`, `seed`).
+            initial: start from these states instead: anything with batched `G, W, A, XYZ, L` (model space; a
+                [`CrystalSamplerOutput`], a dict) or a sequence of objects with per-crystal ones (`CrystalTokens`).
+            reward: `None` (the reference's target log p_base) or a callable from a batch of crystals (a
+                [`CrystalSamplerOutput`]) to one reward per crystal (`None` / NaN: unscorable, never entered).
+            temperature: τ of r / τ; a number or one per sweep (annealing).
+            inverse_temperature: β of the whole target β (log p_base + r / τ), a number or one per sweep
+                (annealing: β < 1 flattens it; not the RL config's `beta`, which is τ).
+            nsweeps: sweeps; a sweep proposes one move per occupied site of each chain.
+            mcmc_width: concentration 1 / width² of the von Mises coordinate step (≈ its std in fractional units).
+            sampling_options / kwargs: [`SamplingOptions`]; `elements` also restricts the element proposals (per
+                site as in `sample`), so the chains sample the base model conditioned on those elements.
+            seed: the random stream (initial samples and moves); the same seed gives the same chains.
+            reward_batch_size: call `reward` on at most this many crystals at once (default: all of a step).
+            score_dependent_coordinates: score coordinates tied to earlier ones (y in x,x,z) as `log_prob` and the
+                reference's target do; by default the target is the sampler's own density, which `sample`'s draws
+                follow, so that with r ≡ 0 the chains leave them invariant.
+
+        Returns:
+            [`CrystalMCMCOutput`]: the final states as [`CrystalSamplerOutput`] (log-likelihood terms of `log_prob`),
+            with `reward`, `acceptance` (B, nsweeps), `lattice_accepted`, `logp_trace` and `reward_trace`
+            (B, nsweeps + 1), and the `temperature` / `inverse_temperature` schedules.
+        """
+        from .mcmc_crystalformer import mcmc_crystals
+
+        return mcmc_crystals(
+            self,
+            space_group,
+            num_chains,
+            initial=initial,
+            reward=reward,
+            temperature=temperature,
+            inverse_temperature=inverse_temperature,
+            nsweeps=nsweeps,
+            mcmc_width=mcmc_width,
+            sampling_options=sampling_options,
+            seed=seed,
+            reward_batch_size=reward_batch_size,
+            score_dependent_coordinates=score_dependent_coordinates,
             **kwargs,
         )
 
