@@ -101,11 +101,21 @@ def sample_crystals(
 def crystal_batch_reward(reward):
     """``model.mcmc``'s reward from a reward over crystals: a TRL reward callable ``reward(prompts, completions,
     **kwargs) -> list[float | None]`` such as ``reward_models.load_reward("ehull")`` or the RL trainer's; it is
-    called with the space groups as prompts and the batch's ``CrystalTokens`` as completions."""
+    called with the space groups as prompts, the batch's ``CrystalTokens`` as completions and no completion ids.
+
+    A stateful reward (one with a ``state_dict``, such as the S.U.N. reward's archive of crystals seen) is refused:
+    it would change with every proposal it scores, rejected ones too, so the chain would have no fixed target."""
+    if hasattr(reward, "state_dict"):
+        name = getattr(reward, "name", None) or type(reward).__name__
+        raise ValueError(
+            f"reward {name}: stateful (it remembers the crystals it scores), so MCMC would have no fixed target; "
+            "use a stateless reward (e.g. ehull)"
+        )
 
     def batch_reward(batch) -> list[float | None]:
         crystals = CrystalTokens.from_sampler_output(batch)
-        return list(reward(prompts=[c.G for c in crystals], completions=crystals))
+        prompts = [c.G for c in crystals]
+        return list(reward(prompts=prompts, completions=crystals, completion_ids=[None] * len(crystals)))
 
     batch_reward.__name__ = getattr(reward, "name", None) or getattr(reward, "__name__", "reward")
     return batch_reward

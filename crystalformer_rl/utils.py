@@ -77,3 +77,11 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
         return sorted(exports)
 
     return __getattr__, __dir__
+
+
+def ignore_sigint() -> None:
+    """Pool-worker initializer: Ctrl-C is the main process's to handle (it stops the pool); a worker that took it
+    would print its own traceback, and the pool would respawn it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -12,7 +12,7 @@ row is checked, not only those without an MP id). Crystals whose E_hull on the M
 (``../shared/data/mp_hull``, or the source's own column) is known and above ``--max-ehull`` eV/atom are dropped.
 
 A deterministic held-out validation split of the MP rows (``--valid-fraction``, by a hash of the id) is written
-beside the training split; AFLOW rows only train, so the validation split is the same with or without them. MP-20 test is for the benchmark only (``crystalformer-rl evaluate --benchmark mp20``)::
+beside the training split; AFLOW rows only train, so the validation split is the same with or without them. MP-20 test is for the benchmark only (``crystalformer-rl benchmark``)::
 
     data/corpus/train.parquet, validation.parquet   tokens + id + source + cif
     data/corpus/tokens/                             the prepare-data output (resumable), failures.csv
@@ -71,6 +71,32 @@ def read_sources(shared: Path, aflow: bool) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def cached_matches(ids: pd.Series, cifs, test: pd.DataFrame, cache: Path, args) -> list:
+    """The MP-20 test id each row matches (None: checked, no match), from ``cache`` where it holds the row and
+    computed (and added to the cache) where it does not."""
+    known = pd.Series(dtype=object)
+    if cache.exists():
+        frame = pd.read_csv(cache, dtype=str)
+        known = frame.set_index(frame.columns[0]).matched_test_id
+    todo = [i for i, row_id in enumerate(ids) if row_id not in known.index]
+    if todo:
+        found = matching_test_ids([cifs[i] for i in todo], test.material_id, test.cif, num_proc=args.num_proc)
+        known = pd.concat([known, pd.Series(found, index=[ids.iloc[i] for i in todo], dtype=object)])
+        frame = pd.DataFrame({"id": known.index, "matched_test_id": known.values})
+        atomic_write_table(frame, cache)
+    return [None if pd.isna(known[row_id]) else known[row_id] for row_id in ids]
+
+
+class TokenCIFs:
+    """The CIFs of encoded rows, decoded when asked for (only rows missing from the match cache are)."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __getitem__(self, i: int) -> str:
+        return tokens_to_cif(dict(self.rows[i]))
+
+
 def tokens_to_cif(row: dict) -> str:
     row["XYZ"] = [list(xyz) for xyz in row["XYZ"]]
     return CrystalTokens.from_dict(row).to_structure().to(fmt="cif")
@@ -106,18 +132,15 @@ def main():
     steps["ehull_unknown"] = rows[rows.ehull.isna()].source.value_counts().to_dict()
     rows = rows[~above].reset_index(drop=True)
 
-    matches_file = out / "mp20_test_matches.csv"
-    if matches_file.exists():  # the slow step: keep it across re-runs
-        matched = pd.read_csv(matches_file).set_index("material_id").matched_test_id.reindex(rows.material_id)
-        rows["matched_test_id"] = matched.values
-    else:
-        rows["matched_test_id"] = matching_test_ids(rows.cif, test.material_id, test.cif, num_proc=args.num_proc)
-        atomic_write_table(rows[["material_id", "matched_test_id"]], matches_file)
+    # The slow step, kept across re-runs; a row the cache has not seen is matched now (never read as "no match").
+    rows["matched_test_id"] = cached_matches(rows.material_id, rows.cif, test, out / "mp20_test_matches.csv", args)
     by_structure = rows.matched_test_id.notna()
     steps["removed_mp20_test_structure"] = rows[by_structure].source.value_counts().to_dict()
     rows = rows[~by_structure].reset_index(drop=True)
 
     merged = out / "merged.csv.gz"
+    if merged.exists() and list(pd.read_csv(merged, usecols=["material_id"]).material_id) != list(rows.material_id):
+        raise SystemExit(f"{out}: built from other rows (other sources or --max-ehull); use a fresh --output folder")
     if not merged.exists():
         atomic_write_with(
             lambda tmp: rows[["material_id", "cif"]].to_csv(tmp, index=False, compression="gzip"), merged
@@ -129,14 +152,8 @@ def main():
     )
     # What the model trains on is the symmetrised encoding: a slightly distorted copy of a test crystal (SrTiO3
     # tetragonal vs cubic) can match only after encoding, so the encoded crystals are checked as well.
-    encoded_file = out / "mp20_test_matches_encoded.csv"
-    if encoded_file.exists():
-        encoded = pd.read_csv(encoded_file).set_index("id").matched_test_id.reindex(tokens.id)
-        tokens["matched_test_id"] = encoded.values
-    else:
-        decoded = [tokens_to_cif(row) for row in tokens[["G", "W", "A", "XYZ", "L"]].to_dict("records")]
-        tokens["matched_test_id"] = matching_test_ids(decoded, test.material_id, test.cif, num_proc=args.num_proc)
-        atomic_write_table(tokens[["id", "matched_test_id"]], encoded_file)
+    decoded = TokenCIFs(tokens[["G", "W", "A", "XYZ", "L"]].to_dict("records"))
+    tokens["matched_test_id"] = cached_matches(tokens.id, decoded, test, out / "mp20_test_matches_encoded.csv", args)
     after_encoding = tokens.matched_test_id.notna()
     steps["removed_mp20_test_structure_after_encoding"] = tokens[after_encoding].source.value_counts().to_dict()
     tokens = tokens[~after_encoding].drop(columns="matched_test_id").reset_index(drop=True)

@@ -11,6 +11,7 @@ tests are deterministic; with the correct rule every |z| is below 2 (measured), 
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -215,3 +216,30 @@ def test_cli_refuses_bad_options_in_one_line(options, fragment, tmp_path, capsys
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("crystalformer-rl mcmc: error:") and fragment in lines[0], lines[0]
+
+
+def test_mcmc_rewards_take_trl_style_arguments_and_stateful_ones_are_refused():
+    """A README-style reward ``f(prompts, completions, completion_ids, **kw)`` works; a reward that remembers what it
+    scored (a ``state_dict``, as the S.U.N. reward's archive) would give the chain a moving target and is refused."""
+    from crystalformer_rl.sampling import crystal_batch_reward
+
+    def my_reward(prompts, completions, completion_ids, **kwargs):
+        return [float(g) for g in prompts]
+
+    class Remembers:
+        def __call__(self, prompts, completions, **kwargs):
+            return [0.0] * len(prompts)
+
+        def state_dict(self):
+            return {}
+
+    batch = types.SimpleNamespace(
+        G=np.array([225, 2]),
+        W=np.ones((2, 1), int),
+        A=np.array([[11], [14]]),
+        XYZ=np.zeros((2, 1, 3)),
+        L=np.ones((2, 6)),
+    )
+    assert crystal_batch_reward(my_reward)(batch) == [225.0, 2.0]
+    with pytest.raises(ValueError, match="stateful"):
+        crystal_batch_reward(Remembers())

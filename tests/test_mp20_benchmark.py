@@ -86,8 +86,11 @@ def _stretched(cif):
 
 
 def test_a_cache_of_other_crystals_is_refused(test_cifs, tmp_path):
+    """As many crystals but other ones (another model's 10,000 samples) must not reuse the fingerprints."""
     featurize(test_cifs[:4], num_proc=1, cache_dir=tmp_path, chunk_size=2, progress=False)
-    with pytest.raises(ValueError, match="another set of crystals"):
+    with pytest.raises(ValueError, match="other crystals"):
+        featurize(test_cifs[4:8], num_proc=1, cache_dir=tmp_path, chunk_size=2, progress=False)
+    with pytest.raises(ValueError, match="other crystals"):
         featurize(test_cifs[:6], num_proc=1, cache_dir=tmp_path, chunk_size=2, progress=False)
 
 

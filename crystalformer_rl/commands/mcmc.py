@@ -66,7 +66,7 @@ class MCMCArguments(CommandArguments):
     reward: str | None = field(
         default=None,
         metadata={
-            "help": "Reward r: a registry name (ehull, stability, ehull_sun, band_gap, ...) or package.module:callable "
+            "help": "Reward r: a registry name (ehull, stability, band_gap, ...; stateful rewards such as ehull_sun are refused) or package.module:callable "
             "(a TRL reward over crystals); default: none, the reference's chain on p_base."
         },
     )

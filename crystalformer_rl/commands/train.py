@@ -34,6 +34,15 @@ from .outputs import TRAINING_OUTPUTS, check_output_dir
 NO_DATA = ("", "none", "None", "null")
 
 
+# The run-folder options every training command shares (one wording each).
+OVERWRITE_OUTPUT_DIR_HELP = (
+    "Start afresh in an --output_dir that holds an earlier run (its checkpoints and model are removed); without it, or "
+    "--resume_from_checkpoint, such a folder is refused."
+)
+RESUME_HELP = "Resume from the last checkpoint in output_dir (as --resume_from_checkpoint last)."
+PUSH_TO_HUB_ID_HELP = "Push the fine-tuned model here at the end."
+
+
 @dataclass
 class PretrainScriptArguments:
     train_data: str = field(
@@ -47,13 +56,7 @@ class PretrainScriptArguments:
     model: str | None = field(default=None, metadata={"help": "Start from this model (folder, Hub id, .pkl)."})
     model_size: str = field(default="xs", metadata={"help": "Size of a new model: " + ", ".join(MODEL_SIZES)})
     streaming: bool = field(default=False, metadata={"help": "Stream the training data (needs --max_steps)."})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Start afresh in an --output_dir that holds an earlier run (its checkpoints and model are removed); "
-            "without it, or --resume_from_checkpoint, such a folder is refused."
-        },
-    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_OUTPUT_DIR_HELP})
 
 
 def _parquet_files(source: str) -> list[str]:
@@ -220,18 +223,9 @@ class RLScriptArguments:
             "training distribution), a parquet / prepared folder with a G column, or '225,221'."
         },
     )
-    resume: bool = field(
-        default=False,
-        metadata={"help": "Resume from the last checkpoint in output_dir (as --resume_from_checkpoint last)."},
-    )
-    push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Start afresh in an --output_dir that holds an earlier run (its checkpoints and model are removed); "
-            "without it, or --resume_from_checkpoint, such a folder is refused."
-        },
-    )
+    resume: bool = field(default=False, metadata={"help": RESUME_HELP})
+    push_to_hub_id: str | None = field(default=None, metadata={"help": PUSH_TO_HUB_ID_HELP})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_OUTPUT_DIR_HELP})
 
 
 def run_rl(script: RLScriptArguments, config):
@@ -282,18 +276,9 @@ class DPOScriptArguments(PairOptions):
     validation_fraction: float = field(
         default=0.2, metadata={"help": "Share of the pairs held out for validation after a shuffle (reference: 0.2)."}
     )
-    resume: bool = field(
-        default=False,
-        metadata={"help": "Resume from the last checkpoint in output_dir (as --resume_from_checkpoint last)."},
-    )
-    push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Start afresh in an --output_dir that holds an earlier run (its checkpoints and model are removed); "
-            "without it, or --resume_from_checkpoint, such a folder is refused."
-        },
-    )
+    resume: bool = field(default=False, metadata={"help": RESUME_HELP})
+    push_to_hub_id: str | None = field(default=None, metadata={"help": PUSH_TO_HUB_ID_HELP})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_OUTPUT_DIR_HELP})
 
 
 def run_dpo(script: DPOScriptArguments, config):
@@ -362,14 +347,8 @@ class SFTScriptArguments:
     fmax: float = field(default=0.1, metadata={"help": "Relaxation force threshold (eV/Å)."})
     relax_steps: int = field(default=500, metadata={"help": "Maximum relaxation steps."})
     sample_seed: int = field(default=0, metadata={"help": "Seed of the sampler."})
-    push_to_hub_id: str | None = field(default=None, metadata={"help": "Push the fine-tuned model here at the end."})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Start afresh in an --output_dir that holds an earlier run (its checkpoints and model are removed); "
-            "without it, or --resume_from_checkpoint, such a folder is refused."
-        },
-    )
+    push_to_hub_id: str | None = field(default=None, metadata={"help": PUSH_TO_HUB_ID_HELP})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_OUTPUT_DIR_HELP})
 
 
 def run_sft(script: SFTScriptArguments, config, ehull_fn=None, relax_fn=None):

@@ -14,6 +14,8 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
+from ..utils import ignore_sigint
+
 
 _TEST_BY_FORMULA: dict[str, list[tuple[str, str]]] = {}
 
@@ -28,8 +30,10 @@ def _formula(cif: str) -> str:
     return _structure(cif).composition.reduced_formula
 
 
-def _init(test_by_formula: dict[str, list[tuple[str, str]]]) -> None:
+def _init(test_by_formula: dict[str, list[tuple[str, str]]], in_pool: bool = False) -> None:
     global _TEST_BY_FORMULA
+    if in_pool:
+        ignore_sigint()
     _TEST_BY_FORMULA = test_by_formula
 
 
@@ -56,7 +60,7 @@ def matching_test_ids(
     for test_id, test_cif in zip(test_ids, test_cifs):
         test_by_formula.setdefault(_formula(test_cif), []).append((test_id, test_cif))
     if num_proc > 1:
-        with mp.get_context("fork").Pool(num_proc, initializer=_init, initargs=(test_by_formula,)) as pool:
+        with mp.get_context("fork").Pool(num_proc, initializer=_init, initargs=(test_by_formula, True)) as pool:
             formulas = list(
                 tqdm(pool.imap(_formula, cifs, chunksize=64), total=len(cifs), desc="formulas", disable=not progress)
             )

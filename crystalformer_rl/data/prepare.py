@@ -20,7 +20,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..tokenization import CrystalTokenizationError, CrystalTokenizer, to_structure
-from ..utils import atomic_write_table, atomic_write_text
+from ..utils import atomic_write_table, atomic_write_text, ignore_sigint
 
 
 STRUCTURE_COLUMNS = ("cif", "structure")
@@ -102,8 +101,8 @@ def _init_worker(
     tokenizer_config: dict[str, Any], check: Callable[[Any], str | None] | None = None, in_pool: bool = False
 ) -> None:
     global _TOKENIZER, _CHECK
-    if in_pool:  # Ctrl-C is the main process's to handle: it stops the pool (an interrupted worker was respawned)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if in_pool:
+        ignore_sigint()
     warnings.simplefilter("ignore")
     _CHECK = check
     config = dict(tokenizer_config)

@@ -23,6 +23,7 @@ chunks written as they finish, so a stopped run resumes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -36,7 +37,8 @@ from pymatgen.core import Composition, Structure
 from tqdm.auto import tqdm
 
 from ..materials.validity import composition_validity, structure_validity
-from ..utils import atomic_write_text, atomic_write_with
+from ..utils import atomic_write_text, atomic_write_with, ignore_sigint
+from .relaxed_chunks import crystals_fingerprint
 
 
 BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
@@ -138,8 +140,7 @@ def crystal_features(structure: Structure | None) -> dict:
         try:
             row["structure_fp"] = np.mean([site_fp.featurize(structure, i) for i in range(len(structure))], axis=0)
             row["composition_fp"] = np.asarray(composition_fp.featurize(composition), dtype=float)
-        except Exception:  # CDVAE: a crystal without fingerprint is invalid and has no fingerprints
-            row["struct_valid"] = row["comp_valid"] = False
+        except Exception:  # CDVAE: no fingerprints, so not `valid`; its struct / comp validity stay as computed
             row["structure_fp"], row["composition_fp"] = nan_row["structure_fp"], nan_row["composition_fp"]
     return row
 
@@ -181,10 +182,10 @@ def featurize(
     cache = Path(cache_dir) if cache_dir else None
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
-        _check_cache(cache, len(crystals), chunk_size)
+        _check_cache(cache, _digest(crystals), chunk_size)
     parts = []
     bar = tqdm(total=len(crystals), desc="MP-20 fingerprints", unit="crystal", disable=not progress)
-    pool = mp.get_context("fork").Pool(num_proc) if num_proc > 1 else None
+    pool = mp.get_context("fork").Pool(num_proc, initializer=ignore_sigint) if num_proc > 1 else None
     try:
         for start in range(0, len(crystals), chunk_size):
             chunk = crystals[start : start + chunk_size]
@@ -205,11 +206,22 @@ def featurize(
     return CrystalFeatures.concatenate(parts) if parts else _features_of([])
 
 
-def _check_cache(cache: Path, n: int, chunk_size: int) -> None:
-    settings = {"crystals": n, "chunk_size": chunk_size}
+def _digest(crystals: Sequence[Structure | str | None]) -> str:
+    """What the cached fingerprints are of: CIF texts as they are, structures by species, cell and coordinates."""
+    digest = hashlib.sha256()
+    for i, crystal in enumerate(crystals):
+        record = crystal if isinstance(crystal, str) else crystals_fingerprint([crystal], [str(i)])
+        digest.update(record.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _check_cache(cache: Path, digest: str, chunk_size: int) -> None:
+    settings = {"crystals_sha256": digest, "chunk_size": chunk_size}
     file = cache / "settings.json"
     if file.exists() and json.loads(file.read_text()) != settings:
-        raise ValueError(f"{cache} holds fingerprints of another set of crystals ({file}); use another folder")
+        raise ValueError(
+            f"{cache} holds fingerprints of other crystals ({file}); pass --overwrite or choose another folder"
+        )
     atomic_write_text(json.dumps(settings), file)
 
 
