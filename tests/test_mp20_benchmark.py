@@ -132,3 +132,17 @@ def test_benchmark_command_on_test_crystals_resumes_and_refuses_a_bad_input(tmp_
     assert main(["benchmark", str(tmp_path / "missing.csv"), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.csv" in err[0]
+
+
+def test_the_benchmark_judges_compositions_with_cdvaes_smact_data():
+    """CDVAE pinned SMACT 2.2.1, whose lists differ from SMACT 4's 2014 lists: La2IrO2 needs Ir(-2), which only
+    SMACT 2.2.1 lists (CDVAE's code calls it valid), so the benchmark's rule and the default rule disagree on it."""
+    from crystalformer_rl.evaluation.mp20 import OXIDATION_STATES
+    from crystalformer_rl.materials.validity import composition_validity
+
+    assert OXIDATION_STATES == "cdvae"
+    assert composition_validity("La2IrO2", oxidation_states="cdvae")
+    assert not composition_validity("La2IrO2", oxidation_states="smact14")
+    assert composition_validity("NaCl", oxidation_states="cdvae") and not composition_validity(
+        "NaCl2", oxidation_states="cdvae"
+    )

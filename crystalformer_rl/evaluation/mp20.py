@@ -45,6 +45,8 @@ BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 MP20_TEST_FEATURES = BENCHMARK_DIR / "mp20_test_features.npz"
 COMPOSITION_SCALER = BENCHMARK_DIR / "cdvae_composition_scaler.json"
 
+#: SMACT 2.2.1's element data, as CDVAE pinned (SMACT 4's 2014 lists differ for a few elements)
+OXIDATION_STATES = "cdvae"
 #: CDVAE's coverage cutoffs for MP-20 (``COV_Cutoffs["mp20"]``)
 STRUCTURE_CUTOFF = 0.4
 COMPOSITION_CUTOFF = 10.0
@@ -128,7 +130,7 @@ def crystal_features(structure: Structure | None) -> dict:
             composition = Composition(structure.composition.element_composition)
             row = {
                 "struct_valid": structure_validity(structure),
-                "comp_valid": composition_validity(composition),
+                "comp_valid": composition_validity(composition, oxidation_states=OXIDATION_STATES),
                 "structure_fp": nan_row["structure_fp"],
                 "composition_fp": nan_row["composition_fp"],
                 "density": float(structure.density),
@@ -193,7 +195,11 @@ def featurize(
             if file is not None and file.exists():
                 parts.append(CrystalFeatures.load(file))
             else:
-                rows = pool.map(_features_of_crystal, chunk, chunksize=4) if pool else list(map(_features_of_crystal, chunk))
+                rows = (
+                    pool.map(_features_of_crystal, chunk, chunksize=4)
+                    if pool
+                    else list(map(_features_of_crystal, chunk))
+                )
                 parts.append(_features_of(rows))
                 if file is not None:
                     parts[-1].save(file)
@@ -204,6 +210,25 @@ def featurize(
             pool.terminate()
             pool.join()
     return CrystalFeatures.concatenate(parts) if parts else _features_of([])
+
+
+def validity(crystals: Sequence[Structure | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Structural and compositional validity of each crystal (a crystal that did not build: neither), as
+    :func:`crystal_features` computes them; cheap, so a benchmark recomputes them rather than trusting a cache."""
+    struct, comp = [], []
+    for crystal in crystals:
+        if crystal is None:
+            struct.append(False)
+            comp.append(False)
+            continue
+        try:
+            composition = Composition(crystal.composition.element_composition)
+            struct.append(structure_validity(crystal))
+            comp.append(composition_validity(composition, oxidation_states=OXIDATION_STATES))
+        except Exception:
+            struct.append(False)
+            comp.append(False)
+    return np.array(struct, dtype=bool), np.array(comp, dtype=bool)
 
 
 def _digest(crystals: Sequence[Structure | str | None]) -> str:

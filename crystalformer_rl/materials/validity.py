@@ -18,10 +18,12 @@ Both are cheap, so they run on every sample; the composition test is memoised pe
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 from pymatgen.core import Composition, Element, Structure
@@ -99,7 +101,16 @@ def _integer_counts(composition: Composition | Structure | Mapping | str) -> dic
     return out
 
 
-OXIDATION_STATE_SETS = ("smact14", "default", "icsd16", "icsd24", "wiki", "sp")
+OXIDATION_STATE_SETS = ("smact14", "cdvae", "default", "icsd16", "icsd24", "wiki", "sp")
+#: SMACT 2.2.1's element data (oxidation states, Pauling electronegativities, metals), the version CDVAE pinned:
+#: with ``oxidation_states="cdvae"`` composition validity is CDVAE's exactly (SMACT 4's 2014 lists differ for a few
+#: elements, e.g. Ir -3 vs -2). SMACT is MIT-licensed (materials/data/README.md).
+CDVAE_SMACT_DATA = Path(__file__).resolve().parent / "data" / "smact_2_2_1.json"
+
+
+@functools.cache
+def _cdvae_smact() -> dict:
+    return json.loads(CDVAE_SMACT_DATA.read_text())
 
 
 def _oxidation_states(element, oxidation_states: str) -> list[int]:
@@ -119,24 +130,32 @@ def _smact_check(
 ) -> str | None:
     import smact
 
+    cdvae = _cdvae_smact() if oxidation_states == "cdvae" else None
     if len(set(symbols)) == 1:
         return None
-    if include_alloys and all(s in smact.metals for s in symbols):
+    if include_alloys and all(s in (cdvae["metals"] if cdvae else smact.metals) for s in symbols):
         return None
 
     gcd = math.gcd(*counts)
     stoichs = [(c // gcd,) for c in counts]
-    try:
-        elements = [smact.Element(s) for s in symbols]
-    except Exception as exc:  # an element SMACT has no data for
-        return f"no SMACT data ({exc})"
-    states = [_oxidation_states(e, oxidation_states) for e in elements]
+    if cdvae:
+        unknown = [s for s in symbols if s not in cdvae["oxidation_states"]]
+        if unknown:
+            return f"no SMACT data ({', '.join(unknown)})"
+        states = [cdvae["oxidation_states"][s] for s in symbols]
+        electronegativities = [cdvae["pauling_eneg"][s] for s in symbols]
+    else:
+        try:
+            elements = [smact.Element(s) for s in symbols]
+        except Exception as exc:  # an element SMACT has no data for
+            return f"no SMACT data ({exc})"
+        states = [_oxidation_states(e, oxidation_states) for e in elements]
+        with warnings.catch_warnings():  # SMACT warns and gives NaN for elements without one (noble gases)
+            warnings.simplefilter("ignore")
+            electronegativities = [e.pauling_eneg for e in elements]
     missing = [s for s, ox in zip(symbols, states) if not ox]
     if missing:
         return f"no oxidation states for {', '.join(missing)}"
-    with warnings.catch_warnings():  # SMACT warns and gives NaN for elements without one (noble gases)
-        warnings.simplefilter("ignore")
-        electronegativities = [e.pauling_eneg for e in elements]
 
     charges = [[ox * n for ox in ox_list] for ox_list, (n,) in zip(states, stoichs)]
     if not _can_neutralise(charges):
