@@ -6,11 +6,12 @@
   composition must admit a charge-neutral assignment of oxidation states that also passes the Pauling
   electronegativity test (cations less electronegative than anions).
 
-Oxidation states: SMACT's 2014 lists (``oxidation_states_smact14``) by default. They are the lists of SMACT 2.x,
-which CDVAE's ``smact_validity`` used and so every published composition-validity number (CDVAE, DiffCSP,
-CrystalFormer, ...); SMACT 4 changed its default lists, which moves about 14 % of generated crystals across the
-line. Other sets (``"default"`` = SMACT's current default, ``"icsd16"``, ``"icsd24"``, ``"wiki"``, ``"sp"``) are
-options.
+Oxidation states: SMACT's 2014 lists (``oxidation_states_smact14``) by default, close to the lists of SMACT 2.x
+behind every published composition-validity number (CDVAE, DiffCSP, CrystalFormer, ...); SMACT 4 changed its default
+lists, which moves about 14 % of generated crystals across the line. ``"cdvae"`` is SMACT 2.2.1's data itself (the
+version CDVAE pinned; shipped): it differs from the 2014 lists for a few elements (Ir -2 / -3, Pauling data), 2 of
+1,200 generated crystals, and is what the MP-20 benchmark uses. Other sets (``"default"`` = SMACT's current default,
+``"icsd16"``, ``"icsd24"``, ``"wiki"``, ``"sp"``) are options.
 
 Both are cheap, so they run on every sample; the composition test is memoised per reduced composition.
 """
