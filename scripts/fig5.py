@@ -12,9 +12,8 @@ trainers' checkpoints; an output the commands did not finish is refused by them,
 * ``sft-data``: those crystals relaxed (`evaluate --relax --resume`, optionally ``--relax_screen``), and the ones
   stable after relaxation (E_hull <= 0.1 eV/atom) written to ``sft-data/sft_data.csv`` as relaxed CIFs: the
   paper's SFT data (its own samples that are stable after relaxation);
-* ``sft``: `crystalformer-rl sft` fine-tuned on that table (the paper's 55 epochs, batch 100, lr 1e-5). The
-  command samples and relaxes by itself, all at once and without resume; here it runs as ``fig5.py sft-train``,
-  which hands `run_sft` the table instead (see :func:`sft_train`);
+* ``sft``: `crystalformer-rl sft --data sft-data/sft_data.csv` fine-tuned on that table (the paper's 55 epochs,
+  batch 100, lr 1e-5) instead of sampling and relaxing by itself, all at once and without resume;
 * ``dpo``: `crystalformer-rl dpo --config configs/dpo_ehull.yaml`;
 * ``rl-sun`` / ``rl-stability``: `crystalformer-rl rl` with ``configs/rl_ehull_sun_near_hull_rloo.yaml`` (the
   recipe) / ``configs/rl_ehull_near_hull_rloo.yaml`` (stability-only); ``--max_steps`` overrides the configs';
@@ -129,7 +128,7 @@ def plan(args) -> dict[str, list[tuple[list[str] | None, Path, str]]]:
     if list(sft_run.glob("checkpoint-*")):
         sft += ["--resume_from_checkpoint", "last"]
     data = w / "sft-data" / "sft_data.csv"
-    train = [sys.executable, str(Path(__file__).resolve()), "sft-train", "--data", str(data), "--", *sft]
+    train = [CLI, "sft", "--data", str(data), *sft]
     steps["sft"] = [(train, sft_run / "log_history.json", "")]
     dpo = ["--config", str(CONFIGS / "dpo_ehull.yaml"), *with_model(args.model), "--output_dir", str(w / "dpo")]
     steps["dpo"] = [([CLI, "dpo", *dpo, "--resume", *shlex.split(args.dpo_args)], w / "dpo" / "log_history.json", "")]
@@ -164,52 +163,6 @@ def write_sft_data(eval_dir: Path, path: Path) -> pd.DataFrame:
     rows = pd.DataFrame({"name": kept["name"], "cif": kept["relaxed_cif"], "e_hull": kept["e_hull_relaxed"]})
     atomic_write_table(rows, path)
     return rows
-
-
-def sft_train(argv: list[str]) -> None:
-    """``fig5.py sft-train --data TABLE -- SFT_OPTIONS``: `crystalformer-rl sft` (its options, output folder checks,
-    resume and ending) fine-tuned on the crystals of TABLE (``cif`` column, already relaxed and stable) instead of
-    crystals it samples and relaxes itself. `run_sft` imports ``trainers.sft.build_sft_dataset`` when it runs, so
-    replacing that function hands it the table; its relaxation is refused, so were the replacement ever bypassed the
-    run would stop before any training."""
-    split = argv.index("--") if "--" in argv else len(argv)
-    parser = argparse.ArgumentParser(prog="fig5.py sft-train")
-    parser.add_argument("--data", type=Path, required=True)
-    data, sft_argv = parser.parse_args(argv[:split]).data, argv[split + 1 :]
-
-    import crystalformer_rl.trainers.sft as sft
-    from crystalformer_rl.commands import parse_args
-    from crystalformer_rl.commands.train import run_sft
-
-    def from_table(model, output_dir: Path, **_):
-        from datasets import Dataset
-        from pymatgen.core import Structure
-
-        from crystalformer_rl.tokenization import TOKEN_FIELDS, CrystalTokenizationError, CrystalTokenizer
-
-        table = pd.read_csv(data)
-        tokenizer = CrystalTokenizer(n_max=model.config.n_max)
-        rows = []
-        for name, cif, e in zip(table["name"], table["cif"], table["e_hull"]):
-            try:  # as `sft` does with relaxed crystals: tokenized again
-                rows.append(
-                    {**tokenizer.encode(Structure.from_str(cif, fmt="cif")).as_dict(), "e_hull": e, "cif": cif}
-                )
-            except CrystalTokenizationError:
-                continue
-        counts = {"source": str(data), "stable_relaxed": len(table), "kept": len(rows)}
-        output_dir.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_parquet(output_dir / "sft_data.parquet", index=False)
-        (output_dir / "sft_selection.json").write_text(json.dumps(counts, indent=2))
-        if not rows:
-            raise RuntimeError(f"{data}: no crystal could be tokenized")
-        return Dataset.from_list([{k: r[k] for k in TOKEN_FIELDS} for r in rows]), counts
-
-    def refuse(structures):
-        raise RuntimeError("fig5 sft-train: the SFT crystals are relaxed already; run_sft bypassed the table")
-
-    sft.build_sft_dataset = from_table
-    run_sft(*parse_args("sft", sft_argv), relax_fn=refuse)
 
 
 # ------------------------------------------------------------------------------------------------- compute
@@ -503,8 +456,6 @@ def report(work: Path, base_model: str | None, output: Path | None = None) -> li
 # ---------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["sft-train"]:
-        return sft_train(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="the work folder (every stage's output)")
     parser.add_argument("--model", help="the base model folder (default: the embedded model)")

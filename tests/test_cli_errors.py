@@ -113,6 +113,19 @@ def test_pretrain_unknown_option_is_one_line(capsys, tmp_path):
     assert_one_line(code, lines, "crystalformer-rl pretrain: error:", "--no_such_option")
 
 
+# -------------------------------------------------------------------------------------------------- sft
+def test_sft_data_missing_or_without_crystals(capsys, tmp_path):
+    out = tmp_path / "out"
+    code, lines = run_cli(["sft", "--data", str(tmp_path / "nope.csv"), "--output_dir", str(out)], capsys)
+    assert_one_line(code, lines, f"--data {tmp_path / 'nope.csv'}", "no such file")
+    assert not out.exists()
+    table = tmp_path / "broken.csv"
+    pd.DataFrame({"cif": ["not a cif", "data_x\n_cell_length_a 3"]}).to_csv(table, index=False)
+    code, lines = run_cli(["sft", "--data", str(table), "--output_dir", str(out), "--use_cpu", "true"], capsys)
+    lines = [line for line in lines if not line.startswith("Loading weights")]  # the model loaded first
+    assert_one_line(code, lines, f"--data {table}", "none of its 2 crystals could be built and tokenized")
+
+
 # ----------------------------------------------------------------------------------------------- rl resume
 class _Stop(Exception):
     pass

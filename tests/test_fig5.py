@@ -222,17 +222,15 @@ def test_planned_commands_parse_and_finished_stages_are_skipped(fig5, tmp_path, 
         for command, _, _ in commands:
             if command is None:
                 continue
-            if command[0] == "crystalformer-rl":
-                parsed = parse_args(command[1], command[2:])
-            else:  # fig5.py sft-train --data TABLE -- SFT OPTIONS
-                assert command[2:5] == ["sft-train", "--data", str(work / "sft-data" / "sft_data.csv")]
-                parsed = parse_args("sft", command[6:])
+            assert command[0] == "crystalformer-rl"
+            parsed = parse_args(command[1], command[2:])
             if stage in ("rl-sun", "rl-stability"):
                 assert parsed[1].max_steps == 60 and parsed[0].resume
             if stage == "dpo":
                 assert parsed[1].learning_rate == 3e-4
             if stage == "sft":
                 assert parsed[1].learning_rate == 1e-5 and parsed[1].num_train_epochs == 55
+                assert parsed[0].data == str(work / "sft-data" / "sft_data.csv")
     relaxed = steps["eval-base"][2][0]
     assert relaxed[relaxed.index("--limit") + 1] == "1000" and "--resume" in relaxed
     assert steps["eval-sft"][2][0][steps["eval-sft"][2][0].index("--limit") + 1] == "500"
@@ -245,8 +243,8 @@ def test_planned_commands_parse_and_finished_stages_are_skipped(fig5, tmp_path, 
 
 
 def test_sft_data_and_one_sft_step_on_them(fig5, work, crystals, tmp_path):
-    """The stable relaxed crystals of a relaxed evaluation become the SFT table, and `sft-train` fine-tunes a model
-    on exactly those (through `crystalformer-rl sft`'s own run function, which never samples or relaxes here)."""
+    """The stable relaxed crystals of a relaxed evaluation become the SFT table, and `sft --data` fine-tunes a model
+    on exactly those (`crystalformer-rl sft --data`, which never samples or relaxes)."""
     work, base = work
     rows = fig5.write_sft_data(work / "eval" / "base" / "relaxed", tmp_path / "sft_data.csv")
     assert rows["name"].tolist() == ["sample-000000", "sample-000001", "sample-000006", "sample-000007"]
@@ -254,13 +252,15 @@ def test_sft_data_and_one_sft_step_on_them(fig5, work, crystals, tmp_path):
     relaxed = Structure.from_str(rows["cif"].iloc[0], fmt="cif")  # the relaxed cell, not the sampled one
     assert relaxed.volume == pytest.approx(0.99 * crystals[0]["structure"].volume, rel=1e-4)
     out = tmp_path / "sft"
-    command = [sys.executable, str(SCRIPT), "sft-train", "--data", str(tmp_path / "sft_data.csv"), "--"]
+    command = ["crystalformer-rl", "sft", "--data", str(tmp_path / "sft_data.csv")]
     command += ["--model", base, "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "2"]
     command += ["--use_cpu", "--report_to", "none", "--save_strategy", "no"]
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     selection = json.loads((out / "sft_selection.json").read_text())
-    assert selection["stable_relaxed"] == 4 and selection["kept"] == 4
-    assert pd.read_parquet(out / "sft_data.parquet")["cif"].tolist() == rows["cif"].tolist()
+    assert selection["read"] == 4 and selection["kept"] == 4
+    trained_on = [Structure.from_str(c, fmt="cif") for c in pd.read_parquet(out / "sft_data.parquet")["cif"]]
+    given = [Structure.from_str(c, fmt="cif") for c in rows["cif"]]
+    assert [s.volume for s in trained_on] == pytest.approx([s.volume for s in given], rel=1e-6)
     assert json.loads((out / "log_history.json").read_text())[-1]["step"] == 1
     assert json.loads((out / "space_group_distribution.json").read_text()) == {str(k): v for k, v in PRIOR.items()}
 

@@ -335,6 +335,15 @@ class SFTScriptArguments:
     model: str | None = field(
         default=None, metadata={"help": "Model to sample from and fine-tune (default: the embedded model)."}
     )
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tune on these crystals instead of sampling and relaxing (a table with a cif / relaxed_cif "
+            "/ tokens column, a CIF folder, ...), e.g. the stable rows of a resumable `evaluate --relax`; every "
+            "crystal that builds and encodes is kept. The sampling and relaxation options are then unused."
+        },
+    )
+    data_column: str | None = field(default=None, metadata={"help": "The crystal column of --data (default: auto)."})
     num_samples: int = field(default=10000, metadata={"help": "Crystals to sample (paper: 10,000)."})
     ehull_threshold: float = field(default=0.1, metadata={"help": "Keep crystals with E_hull below this (eV/atom)."})
     relax: bool = field(
@@ -357,27 +366,35 @@ def run_sft(script: SFTScriptArguments, config, ehull_fn=None, relax_fn=None):
     (:func:`~crystalformer_rl.trainers.utils.finish_fine_tuning`)."""
     from ..pretrained import load_model
     from ..trainers.pretrain_trainer import CrystalPretrainer
-    from ..trainers.sft import build_sft_dataset
+    from ..trainers.sft import build_sft_dataset, sft_dataset_from_crystals
 
+    if script.data is not None and not Path(script.data).exists():
+        raise UsageError(f"--data {script.data}: no such file or folder")
     check_run_folder(script, config)
     checkpoint = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
     if finished_run(checkpoint, config, "sft"):
         return None
     with naming_input("--model", script.model or "(the embedded model)"):
         model = load_model(script.model)
-    dataset, counts = build_sft_dataset(
-        model.eval(),
-        Path(config.output_dir),
-        num_samples=script.num_samples,
-        ehull_threshold=script.ehull_threshold,
-        relax=script.relax,
-        fmax=script.fmax,
-        relax_steps=script.relax_steps,
-        sample_seed=script.sample_seed,
-        space_groups_of=script.model,
-        ehull_fn=ehull_fn,
-        relax_fn=relax_fn,
-    )
+    if script.data is not None:
+        with naming_input("--data", script.data):
+            dataset, counts = sft_dataset_from_crystals(
+                script.data, Path(config.output_dir), n_max=model.config.n_max, column=script.data_column
+            )
+    else:
+        dataset, counts = build_sft_dataset(
+            model.eval(),
+            Path(config.output_dir),
+            num_samples=script.num_samples,
+            ehull_threshold=script.ehull_threshold,
+            relax=script.relax,
+            fmax=script.fmax,
+            relax_steps=script.relax_steps,
+            sample_seed=script.sample_seed,
+            space_groups_of=script.model,
+            ehull_fn=ehull_fn,
+            relax_fn=relax_fn,
+        )
     config.eval_strategy = "no"
     trainer = CrystalPretrainer(model, config, train_dataset=dataset)
     trainer.train(resume_from_checkpoint=checkpoint)
