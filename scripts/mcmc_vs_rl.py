@@ -15,7 +15,8 @@ is the sampling route. This script measures both at the same τ and reward again
   segment's crystals are written as ``sample`` writes them (``mcmc/segment-NNN/samples.csv``) and the cumulative
   CPU seconds of this process (``time.process_time``), the acceptance and the mean reward are recorded.
 * **RL arm**: an RL run folder (``--rl_run``; the script never trains, it prints the command that would). For
-  chosen checkpoints: training CPU seconds to the checkpoint (the logged wall ``step_time`` × ``--rl_threads``)
+  chosen checkpoints: training CPU seconds to the checkpoint (the trainer's logged ``cpu_s``; for older runs the
+  logged wall ``step_time`` × ``--rl_threads``)
   plus the CPU seconds of sampling ``--num_samples`` crystals from it here; the mean reward of those crystals.
 * **evaluation**: ``crystalformer-rl evaluate`` (unrelaxed S.U.N., against the base model's training crystals) of
   every ``--evaluate_every``-th MCMC segment and of every RL point; its cost is charged to neither arm.
@@ -411,6 +412,13 @@ def rl_command(target: Target, run: str) -> str:
     )
 
 
+def training_cpu_seconds(log_history: list[dict], step: int) -> float | None:
+    """CPU seconds of training up to ``step`` as the trainer logged them (``cpu_s``: its process's CPU time, all
+    threads, summed over resumes; the last entry at or before ``step``); None for a run that did not log them."""
+    logged = [e for e in log_history if "cpu_s" in e and e.get("step", 0) <= step]
+    return float(max(logged, key=lambda e: e["step"])["cpu_s"]) if logged else None
+
+
 def training_seconds(log_history: list[dict], step: int) -> float | None:
     """Wall seconds of training up to ``step``: Σ step_time × (steps since the previous entry) over the logged
     entries (TRL logs ``step_time``, the mean seconds of one optimizer step, sampling and scoring included, over each
@@ -496,12 +504,16 @@ def run_rl_arm(target: Target, reward: TrainerReward, args, reference, evaluate_
                 {"model": str(model_path or "default"), "sampler": "rl", "step": step},
             )
             wall = training_seconds(history, step) if step else 0.0
+            cpu_logged = training_cpu_seconds(history, step) if step else 0.0
             logged = [e["reward"] for e in history if "reward" in e and e["step"] <= step]
             point = {
                 "step": step,
                 "model": str(model_path or "default"),
                 "training_wall_seconds": wall,
-                "training_cpu_seconds": None if wall is None else wall * args.rl_threads,
+                "training_cpu_seconds": (
+                    cpu_logged if cpu_logged is not None else None if wall is None else wall * args.rl_threads
+                ),
+                "training_cpu_measured": cpu_logged is not None,
                 "sampling_cpu_seconds": sampling_cpu,
                 "reward_mean": _mean(reward.score(crystals)),
                 "training_reward_logged": logged[-1] if logged else None,
@@ -614,7 +626,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--rl_threads",
         type=float,
         default=1.0,
-        help="Threads the RL run used: training CPU seconds = logged wall seconds × this.",
+        help="Threads of an RL run that did not log cpu_s: its training CPU seconds = logged wall seconds × this.",
     )
     p.add_argument("--num_chains", type=int, default=500, help="MCMC chains (one crystal each).")
     p.add_argument("--num_samples", type=int, default=None, help="Crystals per RL point (default: --num_chains).")

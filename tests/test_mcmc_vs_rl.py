@@ -139,6 +139,9 @@ def test_mcmc_arm_in_segments_resumes_and_reports(script, model, tmp_path, capsy
     points = report["rl"]["points"]
     assert [p["step"] for p in points] == [0, 3]
     assert points[0]["training_cpu_seconds"] == 0 and points[1]["training_cpu_seconds"] == pytest.approx(5.0)
+    assert not points[1]["training_cpu_measured"]  # this log has no cpu_s: wall step_time × --rl_threads
+    history = [{"step": 1, "step_time": 0.5, "cpu_s": 0.7}, {"step": 3, "step_time": 1.0, "cpu_s": 2.9}]
+    assert script.training_cpu_seconds(history, 3) == 2.9 and script.training_cpu_seconds(history, 2) == 0.7
     assert points[1]["cpu_seconds"] == pytest.approx(5.0 + points[1]["sampling_cpu_seconds"])
     assert points[1]["training_reward_logged"] == 0.2 and points[1]["frac_valid"] is not None
     saved = json.loads((split / "mcmc_vs_rl.json").read_text())

@@ -161,6 +161,10 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, kl_in_loss):
     )
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.ema_baseline == pytest.approx(straight.ema_baseline)
+    # CPU seconds of training, logged and summed over the resume (the MCMC-vs-RL comparison charges RL by it)
+    cpu = [(h["step"], h["cpu_s"]) for h in resumed.state.log_history if "cpu_s" in h]
+    assert {step for step, _ in cpu} >= {3, 6} and all(seconds > 0 for _, seconds in cpu)
+    assert [seconds for _, seconds in cpu] == sorted(seconds for _, seconds in cpu)
     a = straight.accelerator.unwrap_model(straight.model).state_dict()
     b = resumed.accelerator.unwrap_model(resumed.model).state_dict()
     for name in a:

@@ -409,6 +409,20 @@ class CrystalRLOOTrainer(RLOOTrainer):
         self._metrics[mode]["time/update_s"].append(time.perf_counter() - start)
         return loss
 
+    # -------------------------------------------------------------------------------------------- logging
+    def train(self, *args, **kwargs):
+        self._cpu_start, self._cpu_before = time.process_time(), None
+        return super().train(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Also log ``cpu_s``: this process's CPU seconds of training (all its threads; sampling, rewards and updates),
+        summed over resumed runs, so that RL's cost can be set against samplers charged by CPU time (MCMC)."""
+        if getattr(self, "_cpu_start", None) is not None:
+            if self._cpu_before is None:  # a resumed run's history is loaded by the first log
+                self._cpu_before = next((e["cpu_s"] for e in reversed(self.state.log_history) if "cpu_s" in e), 0.0)
+            logs["cpu_s"] = self._cpu_before + time.process_time() - self._cpu_start
+        super().log(logs, start_time)
+
     # ---------------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
