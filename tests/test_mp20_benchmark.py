@@ -85,6 +85,21 @@ def _stretched(cif):
     return structure
 
 
+def test_a_fingerprint_past_the_time_limit_leaves_the_crystal_without_one(test_cifs, features):
+    """Some generated cells make CrystalNN run for hours: past the limit a crystal gets no fingerprint (as one whose
+    fingerprint raises in CDVAE), keeps its validities and density, and is counted; on one process and on a pool."""
+    crystals = test_cifs[:3]
+    for num_proc in (1, 2):
+        limited = featurize(crystals, num_proc=num_proc, progress=False, time_limit=1e-4)
+        assert limited.timed_out.all() and not limited.has_fingerprint.any(), num_proc
+        assert np.array_equal(limited.struct_valid, features.struct_valid[:3])
+        assert np.array_equal(limited.density, features.density[:3])
+    unlimited = featurize(crystals, num_proc=1, progress=False, time_limit=0)
+    assert not unlimited.timed_out.any() and np.array_equal(unlimited.structure_fp, features.structure_fp[:3])
+    assert benchmark_metrics(limited, unlimited, n_wasserstein=1)["fingerprint_timeouts"] == 3
+    assert benchmark_metrics(unlimited, unlimited, n_wasserstein=1)["fingerprint_timeouts"] == 0
+
+
 def test_a_cache_of_other_crystals_is_refused(test_cifs, tmp_path):
     """As many crystals but other ones (another model's 10,000 samples) must not reuse the fingerprints."""
     featurize(test_cifs[:4], num_proc=1, cache_dir=tmp_path, chunk_size=2, progress=False)
@@ -98,6 +113,7 @@ def test_features_save_and_load(features, tmp_path):
     features.save(tmp_path / "f.npz")
     loaded = CrystalFeatures.load(tmp_path / "f.npz")
     assert np.array_equal(loaded.structure_fp, features.structure_fp)
+    assert np.array_equal(loaded.timed_out, features.timed_out) and not loaded.timed_out.any()
     assert np.array_equal(loaded.comp_valid, features.comp_valid)
 
 

@@ -50,6 +50,14 @@ class BenchmarkArguments(CommandArguments):
         default=1000, metadata={"help": "Valid samples drawn (seeded) for w(ρ) and w(#elem), as CDVAE."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of that draw."})
+    fingerprint_time_limit: float = field(
+        default=120.0,
+        metadata={
+            "help": "Seconds one crystal's CrystalNN fingerprint may take; past it the crystal has no fingerprint "
+            "(as a fingerprint that fails in CDVAE) and is counted in fingerprint_timeouts. Some generated cells "
+            "with overlapping atoms take hours. 0: no limit (CDVAE's own behaviour)."
+        },
+    )
     limit: int | None = field(default=None, metadata={"help": "Use only the first N crystals."})
     evaluate: bool = field(
         default=True,
@@ -84,7 +92,13 @@ def run_benchmark(args: BenchmarkArguments) -> dict[str, Any]:
         raise UsageError(f"input {args.input}: no crystals (an empty table or folder)")
     with naming_input("--output_dir", args.output_dir):
         tic = time.perf_counter()
-        features = featurize(loaded.structures, args.num_proc, cache_dir=out / "fingerprints", progress=args.progress)
+        features = featurize(
+            loaded.structures,
+            args.num_proc,
+            cache_dir=out / "fingerprints",
+            progress=args.progress,
+            time_limit=args.fingerprint_time_limit,
+        )
         seconds = time.perf_counter() - tic
     features.struct_valid, features.comp_valid = validity(loaded.structures)  # the rules of now, not the cache's
     metrics = benchmark_metrics(features, reference, n_wasserstein=args.wasserstein_samples, seed=args.seed)

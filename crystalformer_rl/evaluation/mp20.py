@@ -16,6 +16,11 @@ For generated crystals against the 9,046 crystals of MP-20's test split (Xie et 
 w(E) (formation energy by CDVAE's own property model) is left out: that model is a CDVAE checkpoint this package
 cannot load, and no other formation-energy model reproduces its numbers.
 
+One deliberate difference: a crystal whose CrystalNN fingerprint takes longer than ``FINGERPRINT_TIME_LIMIT``
+seconds (some generated cells with atoms on top of each other make pymatgen's neighbour search run for hours) is
+given no fingerprint, as CDVAE treats a fingerprint that raises; the benchmark reports how many
+(``fingerprint_timeouts``). ``time_limit=0`` waits as CDVAE would.
+
 The test split's features are computed once (``scripts/build_mp20_benchmark.py``) and shipped in
 ``crystalformer_rl/data/benchmarks`` with attribution; generated crystals are featurized on every core, in
 chunks written as they finish, so a stopped run resumes.
@@ -23,13 +28,17 @@ chunks written as they finish, so a stopped run resumes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing as mp
 import os
+import signal
+import threading
 import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +60,8 @@ OXIDATION_STATES = "cdvae"
 STRUCTURE_CUTOFF = 0.4
 COMPOSITION_CUTOFF = 10.0
 STRUCTURE_FP_SIZE, COMPOSITION_FP_SIZE = 61, 132
+#: seconds one crystal's fingerprint may take (typical: under a second); past it, the crystal has no fingerprint
+FINGERPRINT_TIME_LIMIT = 120.0
 
 
 @dataclass
@@ -63,6 +74,11 @@ class CrystalFeatures:
     composition_fp: np.ndarray  # float (n, 132), unscaled magpie features; NaN rows: no fingerprint
     density: np.ndarray  # float (n,); NaN: no structure
     n_elements: np.ndarray  # int (n,); 0: no structure
+    timed_out: np.ndarray = field(default=None)  # bool (n,): fingerprint stopped at the time limit
+
+    def __post_init__(self):
+        if self.timed_out is None:  # features saved before the time limit existed
+            self.timed_out = np.zeros(len(self.struct_valid), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.struct_valid)
@@ -86,7 +102,7 @@ class CrystalFeatures:
     @classmethod
     def load(cls, path: str | os.PathLike) -> CrystalFeatures:
         with np.load(path, allow_pickle=False) as data:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 def _savez(path: Path, **arrays) -> None:
@@ -112,8 +128,33 @@ def _featurizers():
     return _FEATURIZERS
 
 
-def crystal_features(structure: Structure | None) -> dict:
-    """One crystal's validity and fingerprints, as CDVAE's ``Crystal`` computes them."""
+class FingerprintTimeout(BaseException):
+    """A fingerprint ran past its time limit (a BaseException: library code that catches Exception lets it by)."""
+
+
+@contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise `FingerprintTimeout` in the block after ``seconds`` (SIGALRM: main threads on POSIX; elsewhere none)."""
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not seconds or not usable:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise FingerprintTimeout
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def crystal_features(structure: Structure | None, time_limit: float | None = FINGERPRINT_TIME_LIMIT) -> dict:
+    """One crystal's validity and fingerprints, as CDVAE's ``Crystal`` computes them (the fingerprints within
+    ``time_limit`` seconds, else none)."""
     nan_row = {
         "struct_valid": False,
         "comp_valid": False,
@@ -121,6 +162,7 @@ def crystal_features(structure: Structure | None) -> dict:
         "composition_fp": np.full(COMPOSITION_FP_SIZE, np.nan),
         "density": np.nan,
         "n_elements": 0,
+        "timed_out": False,
     }
     if structure is None:
         return nan_row
@@ -135,13 +177,18 @@ def crystal_features(structure: Structure | None) -> dict:
                 "composition_fp": nan_row["composition_fp"],
                 "density": float(structure.density),
                 "n_elements": len(composition.elements),
+                "timed_out": False,
             }
         except Exception:  # no usable composition or cell: counts as an invalid crystal
             return nan_row
         site_fp, composition_fp = _featurizers()
         try:
-            row["structure_fp"] = np.mean([site_fp.featurize(structure, i) for i in range(len(structure))], axis=0)
+            with _time_limit(time_limit):
+                sites = [site_fp.featurize(structure, i) for i in range(len(structure))]
+            row["structure_fp"] = np.mean(sites, axis=0)
             row["composition_fp"] = np.asarray(composition_fp.featurize(composition), dtype=float)
+        except FingerprintTimeout:
+            row["timed_out"] = True
         except Exception:  # CDVAE: no fingerprints, so not `valid`; its struct / comp validity stay as computed
             row["structure_fp"], row["composition_fp"] = nan_row["structure_fp"], nan_row["composition_fp"]
     return row
@@ -155,19 +202,20 @@ def _features_of(rows: list[dict]) -> CrystalFeatures:
         composition_fp=np.array([r["composition_fp"] for r in rows], dtype=float).reshape(-1, COMPOSITION_FP_SIZE),
         density=np.array([r["density"] for r in rows], dtype=float),
         n_elements=np.array([r["n_elements"] for r in rows], dtype=int),
+        timed_out=np.array([r["timed_out"] for r in rows], dtype=bool),
     )
 
 
-def _features_of_crystal(crystal: Structure | str | None) -> dict:
+def _features_of_crystal(crystal: Structure | str | None, time_limit: float | None = FINGERPRINT_TIME_LIMIT) -> dict:
     if crystal is None or isinstance(crystal, Structure):
-        return crystal_features(crystal)
+        return crystal_features(crystal, time_limit)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             structure = Structure.from_str(crystal, fmt="cif")
     except Exception:
         structure = None
-    return crystal_features(structure)
+    return crystal_features(structure, time_limit)
 
 
 def featurize(
@@ -176,10 +224,11 @@ def featurize(
     cache_dir: str | os.PathLike | None = None,
     chunk_size: int = 500,
     progress: bool = True,
+    time_limit: float | None = FINGERPRINT_TIME_LIMIT,
 ) -> CrystalFeatures:
     """Features of many crystals (Structures, CIF texts, or None for one that did not build), on ``num_proc``
-    processes (default: every core). With ``cache_dir``, each finished chunk is written there and a rerun over the
-    same crystals keeps it."""
+    processes (default: every core), each crystal's fingerprints within ``time_limit`` seconds (0 / None: no limit).
+    With ``cache_dir``, each finished chunk is written there and a rerun over the same crystals keeps it."""
     num_proc = num_proc or os.cpu_count() or 1
     cache = Path(cache_dir) if cache_dir else None
     if cache:
@@ -195,11 +244,8 @@ def featurize(
             if file is not None and file.exists():
                 parts.append(CrystalFeatures.load(file))
             else:
-                rows = (
-                    pool.map(_features_of_crystal, chunk, chunksize=4)
-                    if pool
-                    else list(map(_features_of_crystal, chunk))
-                )
+                work = functools.partial(_features_of_crystal, time_limit=time_limit)
+                rows = pool.map(work, chunk, chunksize=4) if pool else list(map(work, chunk))
                 parts.append(_features_of(rows))
                 if file is not None:
                     parts[-1].save(file)
@@ -319,6 +365,7 @@ def benchmark_metrics(
         "struct_valid": 100 * float(generated.struct_valid.mean()),
         "comp_valid": 100 * float(generated.comp_valid.mean()),
         "valid": 100 * float(generated.valid.mean()),
+        "fingerprint_timeouts": int(generated.timed_out.sum()),
     }
     metrics.update({k: 100 * v for k, v in coverage(generated, reference).items()})
     if generated.valid.sum() >= n_wasserstein:
