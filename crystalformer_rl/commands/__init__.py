@@ -25,11 +25,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError, one_line
 from ..utils import lazy_exports
-from . import help_cache
+from . import help_cache, help_schema
 
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = [
     "main",
     "naming_input",
     "parse_args",
+    "refresh_help_schema",
 ]
 # the parser imports TRL: loaded to parse a command, not to print a stored --help
 __getattr__, _ = lazy_exports(__name__, {"CommandArguments": ".parser", "CommandParser": ".parser"})
@@ -172,6 +174,11 @@ def make_parser(command: str) -> CommandParser:
     )
 
 
+def refresh_help_schema() -> Path:
+    """Store every command's help as the live parsers give it (:mod:`.help_schema`); the tests check it is current."""
+    return help_schema.write(help_schema.build({command: make_parser(command) for command in COMMANDS}))
+
+
 def parse_args(command: str, args: list[str] | None = None) -> tuple:
     """A command's dataclass instances from an argument list (default ``sys.argv[1:]``), to pass to its run
     function: ``run_rl(*parse_args("rl", ["--output_dir", "runs/rl"]))``."""
@@ -217,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         if command not in COMMANDS:
             build_parser().parse_args(argv)  # --help, or a one-line error naming the unknown command
             return 2
-        if help_cache.wants_help(argv[1:]) and (text := help_cache.read(command)) is not None:
-            print(text, end="")  # no import of the command's dataclasses (TRL, transformers, torch)
-            return 0
+        if help_cache.wants_help(argv[1:]):  # printed without importing the command's dataclasses (TRL, torch)
+            text = help_cache.read(command) or help_schema.format_help(command)
+            if text is not None:
+                print(text, end="")
+                return 0
         try:
             parser = make_parser(command)
         except ImportError as exc:  # a command whose dependencies are missing stays listed, with the reason
