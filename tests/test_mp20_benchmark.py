@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pymatgen.core import Structure
+from pymatgen.core import Lattice, Structure
 from scipy.spatial.distance import cdist
 
 from crystalformer_rl.evaluation.mp20 import (
@@ -98,6 +98,20 @@ def test_a_fingerprint_past_the_time_limit_leaves_the_crystal_without_one(test_c
     assert not unlimited.timed_out.any() and np.array_equal(unlimited.structure_fp, features.structure_fp[:3])
     assert benchmark_metrics(limited, unlimited, n_wasserstein=1)["fingerprint_timeouts"] == 3
     assert benchmark_metrics(unlimited, unlimited, n_wasserstein=1)["fingerprint_timeouts"] == 0
+
+
+def test_a_collapsed_cell_that_holds_crystalnn_for_hours_is_cut_off(test_cifs):
+    """A generated Li2O (the previous default model, seed 0, sample 8732) with coplanar cell vectors (volume 7e-15
+    Å^3) kept pymatgen's compiled neighbour search busy for over an hour, where a signal cannot interrupt it; its
+    worker is killed at the limit, and the crystal after it is fingerprinted as usual."""
+    lattice = Lattice.from_parameters(3.426688, 3.638713, 6.300947, 43.477091, 98.588849, 55.111758)
+    coords = [[0.338212, 0.062581, 0.662806], [0.661788, 0.937419, 0.337194]]
+    coords += [[0.496821, 0.246301, 0.162639], [0.503179, 0.753699, 0.837361]]
+    collapsed = Structure(lattice, ["O", "O", "Li", "Li"], coords)
+    assert collapsed.volume < 1e-10
+    found = featurize([collapsed, test_cifs[0]], num_proc=1, progress=False, time_limit=5)
+    assert found.timed_out.tolist() == [True, False] and found.has_fingerprint.tolist() == [False, True]
+    assert not found.struct_valid[0] and found.n_elements[0] == 2
 
 
 def test_a_cache_of_other_crystals_is_refused(test_cifs, tmp_path):

@@ -54,8 +54,8 @@ class BenchmarkArguments(CommandArguments):
         default=120.0,
         metadata={
             "help": "Seconds one crystal's CrystalNN fingerprint may take; past it the crystal has no fingerprint "
-            "(as a fingerprint that fails in CDVAE) and is counted in fingerprint_timeouts. Some generated cells "
-            "with overlapping atoms take hours. 0: no limit (CDVAE's own behaviour)."
+            "(as a fingerprint that fails in CDVAE) and is counted in fingerprint_timeouts. A generated cell "
+            "with coplanar vectors took over an hour. 0: no limit (CDVAE's own behaviour)."
         },
     )
     limit: int | None = field(default=None, metadata={"help": "Use only the first N crystals."})

@@ -17,9 +17,10 @@ w(E) (formation energy by CDVAE's own property model) is left out: that model is
 cannot load, and no other formation-energy model reproduces its numbers.
 
 One deliberate difference: a crystal whose CrystalNN fingerprint takes longer than ``FINGERPRINT_TIME_LIMIT``
-seconds (some generated cells with atoms on top of each other make pymatgen's neighbour search run for hours) is
-given no fingerprint, as CDVAE treats a fingerprint that raises; the benchmark reports how many
-(``fingerprint_timeouts``). ``time_limit=0`` waits as CDVAE would.
+seconds (a generated cell can keep pymatgen's compiled neighbour search busy for hours) is given no fingerprint, as
+CDVAE treats a fingerprint that raises; the benchmark reports how many (``fingerprint_timeouts``). Fingerprints are
+computed in worker processes, and the worker of a crystal past the limit is killed and replaced (a signal would wait
+for the compiled call to return). ``time_limit=0`` waits as CDVAE would.
 
 The test split's features are computed once (``scripts/build_mp20_benchmark.py``) and shipped in
 ``crystalformer_rl/data/benchmarks`` with attribution; generated crystals are featurized on every core, in
@@ -28,16 +29,15 @@ chunks written as they finish, so a stopped run resumes.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
-import signal
-import threading
+import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -128,33 +128,9 @@ def _featurizers():
     return _FEATURIZERS
 
 
-class FingerprintTimeout(BaseException):
-    """A fingerprint ran past its time limit (a BaseException: library code that catches Exception lets it by)."""
-
-
-@contextmanager
-def _time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise `FingerprintTimeout` in the block after ``seconds`` (SIGALRM: main threads on POSIX; elsewhere none)."""
-    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if not seconds or not usable:
-        yield
-        return
-
-    def stop(signum, frame):
-        raise FingerprintTimeout
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def crystal_features(structure: Structure | None, time_limit: float | None = FINGERPRINT_TIME_LIMIT) -> dict:
-    """One crystal's validity and fingerprints, as CDVAE's ``Crystal`` computes them (the fingerprints within
-    ``time_limit`` seconds, else none)."""
+def crystal_features(structure: Structure | None, fingerprints: bool = True) -> dict:
+    """One crystal's validity and fingerprints, as CDVAE's ``Crystal`` computes them (without ``fingerprints``: the
+    rest, as for a crystal whose fingerprint ran out of time)."""
     nan_row = {
         "struct_valid": False,
         "comp_valid": False,
@@ -181,14 +157,12 @@ def crystal_features(structure: Structure | None, time_limit: float | None = FIN
             }
         except Exception:  # no usable composition or cell: counts as an invalid crystal
             return nan_row
+        if not fingerprints:
+            return row
         site_fp, composition_fp = _featurizers()
         try:
-            with _time_limit(time_limit):
-                sites = [site_fp.featurize(structure, i) for i in range(len(structure))]
-            row["structure_fp"] = np.mean(sites, axis=0)
+            row["structure_fp"] = np.mean([site_fp.featurize(structure, i) for i in range(len(structure))], axis=0)
             row["composition_fp"] = np.asarray(composition_fp.featurize(composition), dtype=float)
-        except FingerprintTimeout:
-            row["timed_out"] = True
         except Exception:  # CDVAE: no fingerprints, so not `valid`; its struct / comp validity stay as computed
             row["structure_fp"], row["composition_fp"] = nan_row["structure_fp"], nan_row["composition_fp"]
     return row
@@ -206,16 +180,87 @@ def _features_of(rows: list[dict]) -> CrystalFeatures:
     )
 
 
-def _features_of_crystal(crystal: Structure | str | None, time_limit: float | None = FINGERPRINT_TIME_LIMIT) -> dict:
+def _features_of_crystal(crystal: Structure | str | None, fingerprints: bool = True) -> dict:
     if crystal is None or isinstance(crystal, Structure):
-        return crystal_features(crystal, time_limit)
+        return crystal_features(crystal, fingerprints)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             structure = Structure.from_str(crystal, fmt="cif")
     except Exception:
         structure = None
-    return crystal_features(structure, time_limit)
+    return crystal_features(structure, fingerprints)
+
+
+#: the crystals of the chunk being featurized: forked workers inherit them and receive indices only
+_CHUNK: Sequence = ()
+
+
+def _worker(connection) -> None:
+    ignore_sigint()
+    while (index := connection.recv()) is not None:
+        connection.send((index, _features_of_crystal(_CHUNK[index])))
+
+
+def _featurize_in_workers(chunk: Sequence, num_proc: int, time_limit: float | None) -> list[dict]:
+    """Every crystal's features on ``num_proc`` worker processes; a worker still on one crystal after
+    ``time_limit`` seconds (or one that died) is killed and replaced, and that crystal gets no fingerprint."""
+    global _CHUNK
+    _featurizers()  # built once here, inherited by every worker
+    _CHUNK, context = chunk, mp.get_context("fork")
+    rows: list[dict | None] = [None] * len(chunk)
+    todo = deque(range(len(chunk)))
+    workers: dict = {}  # connection -> [process, index of its crystal, when it started it]
+
+    def spawn_and_feed() -> None:
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_worker, args=(theirs,), daemon=True)
+        process.start()
+        theirs.close()
+        workers[ours] = [process, None, 0.0]
+        feed(ours)
+
+    def feed(connection) -> None:
+        if todo:
+            index = todo.popleft()
+            connection.send(index)
+            workers[connection][1:] = [index, time.monotonic()]
+        else:
+            connection.send(None)
+            workers.pop(connection)[0].join()
+
+    def give_up(connection) -> None:
+        process, index, _ = workers.pop(connection)
+        process.kill()
+        process.join()
+        rows[index] = {**_features_of_crystal(chunk[index], fingerprints=False), "timed_out": True}
+        if todo:
+            spawn_and_feed()
+
+    try:
+        for _ in range(min(num_proc, len(chunk))):
+            spawn_and_feed()
+        while workers:
+            deadlines = [started + time_limit for _, _, started in workers.values()] if time_limit else []
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            for connection in mp_connection.wait(list(workers), timeout=timeout):
+                try:
+                    index, row = connection.recv()
+                except EOFError:  # the worker died (out of memory, a crash in compiled code)
+                    give_up(connection)
+                    continue
+                rows[index] = row
+                feed(connection)
+            now = time.monotonic()
+            for connection, (_, _, started) in list(workers.items()):
+                if time_limit and now - started > time_limit:
+                    give_up(connection)
+    finally:
+        for process, _, _ in workers.values():
+            process.kill()
+            process.join()
+        _CHUNK = ()
+    return rows
 
 
 def featurize(
@@ -236,7 +281,7 @@ def featurize(
         _check_cache(cache, _digest(crystals), chunk_size)
     parts = []
     bar = tqdm(total=len(crystals), desc="MP-20 fingerprints", unit="crystal", disable=not progress)
-    pool = mp.get_context("fork").Pool(num_proc, initializer=ignore_sigint) if num_proc > 1 else None
+    in_workers = num_proc > 1 or bool(time_limit)
     try:
         for start in range(0, len(crystals), chunk_size):
             chunk = crystals[start : start + chunk_size]
@@ -244,17 +289,17 @@ def featurize(
             if file is not None and file.exists():
                 parts.append(CrystalFeatures.load(file))
             else:
-                work = functools.partial(_features_of_crystal, time_limit=time_limit)
-                rows = pool.map(work, chunk, chunksize=4) if pool else list(map(work, chunk))
+                rows = (
+                    _featurize_in_workers(chunk, num_proc, time_limit)
+                    if in_workers
+                    else [_features_of_crystal(crystal) for crystal in chunk]
+                )
                 parts.append(_features_of(rows))
                 if file is not None:
                     parts[-1].save(file)
             bar.update(len(chunk))
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     return CrystalFeatures.concatenate(parts) if parts else _features_of([])
 
 
