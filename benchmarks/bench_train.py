@@ -16,6 +16,13 @@ Two parts, one run, one thread count per line (stated in the JSON):
   previous defaults, timed from step ``--warmup-steps`` on (compilation excluded, reported separately).
 
 The reference JAX code trains the paper configuration at 5.4 crystals/s (batch 100) on this kind of machine.
+
+``--rows N`` draws every batch from N crystals only, e.g. a small set (an SFT set, DPO pairs, a user's few thousand
+crystals), where `Trainer`'s own length grouping shrinks its mega-batch to ``N // (4·batch)`` batches and barely
+groups; the pretraining path then also runs with that grouping (``Trainer's length grouping``) beside the
+project's (:func:`~crystalformer_rl.trainers.pretrain_trainer.length_grouped_indices`)::
+
+    python benchmarks/bench_train.py --size paper --batch 100 --rows 1000 --skip "" --pretrain-steps 60 --warmup-steps 20
 """
 
 from __future__ import annotations
@@ -104,6 +111,18 @@ class StepClock(TrainerCallback):
         self.end = time.perf_counter()
 
 
+class TrainerGroupingPretrainer(CrystalPretrainer):
+    """The project's training step with `Trainer`'s own length grouping (its mega-batch of ``n // (4·batch)``)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        from crystalformer_rl.trainers.pretrain_trainer import site_counts
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return LengthGroupedSampler(self.args.train_batch_size, lengths=site_counts(dataset))
+
+
 class PreviousPretrainer(CrystalPretrainer):
     """The previous training step: full output rows and a host sync per loss term."""
 
@@ -113,7 +132,7 @@ class PreviousPretrainer(CrystalPretrainer):
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 
-def time_pretraining(size, rows, batch, steps, warmup, previous: bool, out_dir: str, dropout=None, **overrides):
+def time_pretraining(size, rows, batch, steps, warmup, trainer_class, out_dir: str, dropout=None, **overrides):
     from datasets import Dataset
 
     model = make_model(size, dropout)
@@ -130,8 +149,7 @@ def time_pretraining(size, rows, batch, steps, warmup, previous: bool, out_dir: 
         **overrides,
     )
     clock = StepClock(warmup)
-    cls = PreviousPretrainer if previous else CrystalPretrainer
-    trainer = cls(model, args, train_dataset=Dataset.from_list(rows), callbacks=[clock])
+    trainer = trainer_class(model, args, train_dataset=Dataset.from_list(rows), callbacks=[clock])
     trainer.train()
     seconds = clock.end - clock.start
     return {
@@ -154,13 +172,17 @@ def main():
     parser.add_argument("--skip", nargs="*", default=[], help="variant names to skip")
     parser.add_argument("--skip-pretraining", nargs="*", default=[], help="pretraining runs to skip")
     parser.add_argument("--output-dir", default="runs/bench_train")
+    parser.add_argument(
+        "--rows", type=int, default=None, help="crystals to draw from (default: batch × 50); small: a small set"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = load_rows(max(args.batch * 50, args.batch * args.steps))
+    rows = load_rows(args.rows or max(args.batch * 50, args.batch * args.steps))
+    small = len(rows) < args.batch * 50
     collate = PaddingCollator(21)
     rng = np.random.default_rng(0)
-    random_batches = [collate(rows[i * args.batch : (i + 1) * args.batch]) for i in range(args.steps)]
+    random_batches = [collate(rows[(i * args.batch) % len(rows) :][: args.batch]) for i in range(args.steps)]
     order = get_length_grouped_indices(
         [r["num_sites"] for r in rows], args.batch, generator=torch.Generator().manual_seed(0)
     )
@@ -168,7 +190,8 @@ def main():
     picked = rng.choice(len(grouped_all), size=min(args.steps, len(grouped_all)), replace=False)
     grouped = [collate([rows[j] for j in grouped_all[i]]) for i in picked]
     padded = [
-        PaddingCollator(21, pad_to_n_max=True)(rows[i * args.batch : (i + 1) * args.batch]) for i in range(args.steps)
+        PaddingCollator(21, pad_to_n_max=True)(rows[(i * args.batch) % len(rows) :][: args.batch])
+        for i in range(args.steps)
     ]
 
     def sites(batches):
@@ -203,6 +226,7 @@ def main():
     runs = {
         "previous defaults": {"train_sampling_strategy": "random", "compile_model": False},
         "project defaults": {},
+        **({"project defaults, Trainer's length grouping": {}} if small else {}),
         "project defaults, compile_model": {"compile_model": True},
         "project defaults, dropout 0": {"dropout": 0.0},
         "project defaults, bf16": {"bf16": True},
@@ -216,7 +240,11 @@ def main():
             args.batch,
             args.pretrain_steps,
             args.warmup_steps,
-            name == "previous defaults",
+            PreviousPretrainer
+            if name == "previous defaults"
+            else TrainerGroupingPretrainer
+            if "Trainer's length grouping" in name
+            else CrystalPretrainer,
             f"{args.output_dir}/{name}",
             **overrides,
         )
@@ -227,6 +255,7 @@ def main():
         "model_size": args.size,
         "parameters": sum(p.numel() for p in make_model(args.size).parameters()),
         "batch": args.batch,
+        "crystals_drawn_from": len(rows),
         "threads": args.threads,
         "cores": os.cpu_count(),
         "torch": torch.__version__,
