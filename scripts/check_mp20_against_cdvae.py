@@ -129,13 +129,14 @@ def main():
     stub_modules()
     import compute_metrics as cdvae  # noqa: E402  (CDVAE's module, unmodified)
 
-    from crystalformer_rl.evaluation.mp20 import CrystalFeatures, load_mp20_test_features
+    from crystalformer_rl.evaluation.mp20 import CrystalFeatures, load_mp20_test_features, validity
     from crystalformer_rl.materials.io import load_crystals
 
     ours = json.loads((Path(args.benchmark) / "benchmark_mp20.json").read_text())
     loaded = load_crystals(args.samples, progress=True)
     chunks = sorted((Path(args.benchmark) / "fingerprints").glob("chunk-*.npz"))
     features = CrystalFeatures.concatenate([CrystalFeatures.load(c) for c in chunks])
+    features.struct_valid, features.comp_valid = validity(loaded.structures)  # as the benchmark: today's rules
     test_features = load_mp20_test_features()
     test_structures = load_crystals(args.test, progress=True).structures
     assert len(features) == len(loaded) and len(test_features) == len(test_structures)
