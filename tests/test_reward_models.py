@@ -291,6 +291,30 @@ def test_lockstep_relaxation_isolates_a_failing_structure(caplog):
     assert all(r.converged for i, r in enumerate(results) if i != 1)
 
 
+def test_a_batched_relaxation_that_raises_as_a_whole_costs_only_the_failing_crystal(caplog):
+    """A batched ``relax_fn`` whose call raises for the whole chunk (not inside its lockstep) is retried crystal by
+    crystal: only the crystal that makes it raise fails, and `evaluate --relax` writes the others as relaxed."""
+    from crystalformer_rl.materials.relaxation import relax_in_chunks
+
+    structures = _emt_structures()
+    model = ASEEnergyModel(EMT(), "toy")
+    bad = structures[1].composition
+    calls = []
+
+    def relax_fn(batch, on_done=None):
+        calls.append(len(batch))
+        if any(s.composition == bad for s in batch):
+            raise MemoryError("graph of the batch too large")
+        return [(r.structure, r.energy) for r in model.relax_many(batch, fmax=0.05, steps=100, on_done=on_done)]
+
+    relax_fn.batched = True
+    [(chunk, outcomes)] = list(relax_in_chunks(structures, range(len(structures)), relax_fn, progress=False))
+    assert calls == [len(structures)] + [1] * len(structures)
+    assert "MemoryError" in outcomes[1].reason and outcomes[1].structure is None
+    assert all(o.structure is not None and o.reason is None for i, o in enumerate(outcomes) if i != 1)
+    assert "relaxing them one by one" in caplog.text
+
+
 def test_primitive_relaxation_relaxes_fewer_atoms_to_the_same_energy_per_atom():
     """``relax_structures(primitive=True)`` gives the relaxer each centred crystal's primitive cell (real MP crystals in
     their conventional cells, strained: R3m AgPd2Au 12 -> 4 atoms, Cmmm Al3Ni5 16 -> 8) and reaches the relaxed

@@ -221,9 +221,10 @@ def relax_in_chunks(
     and :class:`RelaxOutcome` as soon as the chunk is finished (so a caller can write it before the next starts).
 
     A batched ``relax_fn`` (``relax_fn.batched``, as :func:`~.ehull.default_relax_fn` makes) gets a whole chunk in
-    one call (the structures step in lockstep) and reports each as it finishes; any other ``relax_fn`` gets one
-    structure at a time, so that a relaxation that blows up costs only its own row. Either way a failure is that
-    row's reason, never the run's. ``primitive`` relaxes each crystal's primitive cell (:func:`primitive_cell`).
+    one call (the structures step in lockstep) and reports each as it finishes; should that call raise as a whole,
+    the chunk's structures are tried again one at a time. Any other ``relax_fn`` gets one structure at a time, so
+    that a relaxation that blows up costs only its own row. Either way a failure is that row's reason, never the
+    run's. ``primitive`` relaxes each crystal's primitive cell (:func:`primitive_cell`).
     ``done`` relaxations finished earlier start the progress bar.
     """
     batched = getattr(relax_fn, "batched", False)
@@ -237,6 +238,12 @@ def relax_in_chunks(
                 todo = [primitive_cell(s) for s in todo]
             if batched:
                 results = _call(relax_fn, todo, on_done=lambda _: bar.update(1))
+                if len(todo) > 1 and all(r is results[0] for r in results) and isinstance(results[0], Exception):
+                    # the whole call raised: one crystal must not fail the others, so each is tried on its own
+                    logger.warning(
+                        "relaxation: a batch of %d failed (%s); relaxing them one by one", len(todo), results[0]
+                    )
+                    results = [r for s in todo for r in _call(relax_fn, [s])]
             else:
                 results = []
                 for s in todo:
