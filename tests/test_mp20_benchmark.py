@@ -85,33 +85,31 @@ def _stretched(cif):
     return structure
 
 
-def test_a_fingerprint_past_the_time_limit_leaves_the_crystal_without_one(test_cifs, features):
-    """Some generated cells make CrystalNN run for hours: past the limit a crystal gets no fingerprint (as one whose
-    fingerprint raises in CDVAE), keeps its validities and density, and is counted; on one process and on a pool."""
-    crystals = test_cifs[:3]
-    for num_proc in (1, 2):
-        limited = featurize(crystals, num_proc=num_proc, progress=False, time_limit=1e-4)
-        assert limited.timed_out.all() and not limited.has_fingerprint.any(), num_proc
-        assert np.array_equal(limited.struct_valid, features.struct_valid[:3])
-        assert np.array_equal(limited.density, features.density[:3])
-    unlimited = featurize(crystals, num_proc=1, progress=False, time_limit=0)
-    assert not unlimited.timed_out.any() and np.array_equal(unlimited.structure_fp, features.structure_fp[:3])
-    assert benchmark_metrics(limited, unlimited, n_wasserstein=1)["fingerprint_timeouts"] == 3
-    assert benchmark_metrics(unlimited, unlimited, n_wasserstein=1)["fingerprint_timeouts"] == 0
-
-
-def test_a_collapsed_cell_that_holds_crystalnn_for_hours_is_cut_off(test_cifs):
+@pytest.fixture(scope="module")
+def collapsed():
     """A generated Li2O (the previous default model, seed 0, sample 8732) with coplanar cell vectors (volume 7e-15
-    Å^3) kept pymatgen's compiled neighbour search busy for over an hour, where a signal cannot interrupt it; its
-    worker is killed at the limit, and the crystal after it is fingerprinted as usual."""
+    Å^3): it kept pymatgen's compiled neighbour search busy for over an hour, where a signal cannot interrupt it."""
     lattice = Lattice.from_parameters(3.426688, 3.638713, 6.300947, 43.477091, 98.588849, 55.111758)
     coords = [[0.338212, 0.062581, 0.662806], [0.661788, 0.937419, 0.337194]]
     coords += [[0.496821, 0.246301, 0.162639], [0.503179, 0.753699, 0.837361]]
-    collapsed = Structure(lattice, ["O", "O", "Li", "Li"], coords)
+    return Structure(lattice, ["O", "O", "Li", "Li"], coords)
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_a_fingerprint_past_the_time_limit_leaves_the_crystal_without_one(test_cifs, features, collapsed, num_proc):
+    """Past the limit the crystal's worker is killed: the crystal gets no fingerprint (as one whose fingerprint
+    raises in CDVAE), keeps its validities and density, and is counted; the crystals around it are fingerprinted as
+    without a limit."""
     assert collapsed.volume < 1e-10
-    found = featurize([collapsed, test_cifs[0]], num_proc=1, progress=False, time_limit=5)
-    assert found.timed_out.tolist() == [True, False] and found.has_fingerprint.tolist() == [False, True]
-    assert not found.struct_valid[0] and found.n_elements[0] == 2
+    crystals = [collapsed, test_cifs[0], collapsed, test_cifs[1]]
+    found = featurize(crystals, num_proc=num_proc, progress=False, time_limit=5)
+    assert found.timed_out.tolist() == [True, False, True, False]
+    assert found.has_fingerprint.tolist() == [False, True, False, True]
+    assert np.array_equal(found.structure_fp[[1, 3]], features.structure_fp[:2])
+    assert not found.struct_valid[0] and found.n_elements[0] == 2 and found.density[0] > 1e10
+    assert benchmark_metrics(found, features, n_wasserstein=1)["fingerprint_timeouts"] == 2
+    unlimited = featurize(test_cifs[:2], num_proc=1, progress=False, time_limit=0)  # in this process, no workers
+    assert not unlimited.timed_out.any() and np.array_equal(unlimited.structure_fp, features.structure_fp[:2])
 
 
 def test_a_cache_of_other_crystals_is_refused(test_cifs, tmp_path):
