@@ -182,17 +182,18 @@ def main():
     small = len(rows) < args.batch * 50
     collate = PaddingCollator(21)
     rng = np.random.default_rng(0)
-    random_batches = [collate(rows[(i * args.batch) % len(rows) :][: args.batch]) for i in range(args.steps)]
+
+    def batch_of(i):  # the i-th batch of the rows in order, wrapping around: always full, whatever len(rows)
+        return [rows[(i * args.batch + j) % len(rows)] for j in range(args.batch)]
+
+    random_batches = [collate(batch_of(i)) for i in range(args.steps)]
     order = get_length_grouped_indices(
         [r["num_sites"] for r in rows], args.batch, generator=torch.Generator().manual_seed(0)
     )
     grouped_all = [order[i : i + args.batch] for i in range(0, len(order) - args.batch + 1, args.batch)]
     picked = rng.choice(len(grouped_all), size=min(args.steps, len(grouped_all)), replace=False)
     grouped = [collate([rows[j] for j in grouped_all[i]]) for i in picked]
-    padded = [
-        PaddingCollator(21, pad_to_n_max=True)(rows[(i * args.batch) % len(rows) :][: args.batch])
-        for i in range(args.steps)
-    ]
+    padded = [PaddingCollator(21, pad_to_n_max=True)(batch_of(i)) for i in range(args.steps)]
 
     def sites(batches):
         return round(float(np.mean([b["W"].shape[1] for b in batches])), 2)

@@ -287,6 +287,8 @@ def sample_kl(samples_csv: Path, model: str | None, base: str | None) -> dict:
 
 
 def model_row(work: Path, key: str, model: str | None, base: str | None, prior, compute: dict) -> dict | None:
+    from crystalformer_rl.utils import atomic_write_text
+
     label, run, cost_stages = MODELS[key]
     out = work / "eval" / key
     if not (out / "unrelaxed" / "summary.json").is_file():
@@ -317,13 +319,15 @@ def model_row(work: Path, key: str, model: str | None, base: str | None, prior, 
         row["kl_samples"] = json.loads(cached.read_text())
     elif (out / "samples" / "samples.csv").is_file():
         row["kl_samples"] = sample_kl(out / "samples" / "samples.csv", model, base)
-        cached.write_text(json.dumps(row["kl_samples"], indent=1))
+        atomic_write_text(json.dumps(row["kl_samples"], indent=1), cached)
     stages = compute.get("stages", {})
     row["cpu_minutes_method"] = sum(stages.get(s, {}).get("cpu_minutes", 0.0) for s in cost_stages)
     row["wall_x_threads_minutes_method"] = sum(
         stages.get(s, {}).get("wall_x_threads_minutes", 0.0) for s in cost_stages
     )
-    row["cpu_minutes_method_complete"] = all(s in stages for s in cost_stages)
+    row["cpu_minutes_method_complete"] = all(  # every stage the method needs ran to its end at least once
+        any(r.get("finished") for r in stages.get(s, {}).get("runs", [])) for s in cost_stages
+    )
     row["cpu_minutes_evaluation"] = stages.get(f"eval-{key}", {}).get("cpu_minutes")
     return row
 

@@ -37,8 +37,8 @@ import dataclasses
 import io
 import json
 import math
-import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -487,8 +487,14 @@ def run_rl_arm(target: Target, reward: TrainerReward, args, reference, evaluate_
     for step, model_path, history in points:
         folder = Path(args.output_dir) / "rl" / f"step-{step:06d}"
         done = folder / "arm.json"
+        drawn_with = {"model": str(model_path or "default"), "num_samples": args.num_samples, "seed": args.seed}
         if done.is_file():
             point = json.loads(done.read_text())
+            if point.get("drawn_with") != drawn_with:
+                raise SystemExit(
+                    f"mcmc_vs_rl: {folder} holds samples drawn with {point.get('drawn_with')}, not {drawn_with}; "
+                    "rerun with --overwrite or another --output_dir"
+                )
         else:
             model = load_model(model_path).eval()
             cpu = time.process_time()
@@ -507,6 +513,7 @@ def run_rl_arm(target: Target, reward: TrainerReward, args, reference, evaluate_
             cpu_logged = training_cpu_seconds(history, step) if step else 0.0
             logged = [e["reward"] for e in history if "reward" in e and e["step"] <= step]
             point = {
+                "drawn_with": drawn_with,
                 "step": step,
                 "model": str(model_path or "default"),
                 "training_wall_seconds": wall,
@@ -651,7 +658,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads of this process.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default="runs/mcmc-vs-rl")
-    p.add_argument("--overwrite", action="store_true", help="Start the chains anew (removes mcmc/state.pt).")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Start anew: removes the chains, their evaluations and the RL arm's samples (mcmc/, rl/).",
+    )
     args = p.parse_args(argv)
     args.num_samples = args.num_samples or args.num_chains
     for name in ("num_chains", "segments", "sweeps_per_segment", "batch_size", "num_samples"):
@@ -667,12 +678,15 @@ def main(argv=None, model=None) -> dict:
     from crystalformer_rl.pretrained import load_model, model_reference
 
     args = parse_arguments(argv)
+    if args.rl_run and not Path(args.rl_run).is_dir():  # before the chains run, not after
+        raise SystemExit(f"mcmc_vs_rl: --rl_run {args.rl_run}: not a folder (an `rl` run's output_dir)")
     torch.set_num_threads(args.threads)
     out = Path(args.output_dir)
     target = read_target(args.rl_config, args.model)
     reward = TrainerReward(target)
-    if args.overwrite and (out / "mcmc" / "state.pt").is_file():
-        os.remove(out / "mcmc" / "state.pt")
+    if args.overwrite:  # the chains, their segments' evaluations and the RL arm's samples all go
+        for arm in ("mcmc", "rl"):
+            shutil.rmtree(out / arm, ignore_errors=True)
     base = model if model is not None else load_model(target.model).eval()
     reference = model_reference(target.model)
     options = shlex.split(args.evaluate_options)
@@ -684,7 +698,7 @@ def main(argv=None, model=None) -> dict:
         "novelty_reference": None if reference is None else str(reference),
         "mcmc": mcmc_record(state, args, reference, options),
     }
-    if args.rl_run and Path(args.rl_run).is_dir():
+    if args.rl_run:
         report["rl"] = run_rl_arm(target, reward, args, reference, options)
     else:
         run = args.rl_run or "runs/rl-for-mcmc-vs-rl"

@@ -119,10 +119,14 @@ def work(tmp_path_factory, crystals, fig5):
             (run / "log_history.json").write_text(json.dumps(history))
     compute = {
         "stages": {
-            "base": {"cpu_minutes": 1.0, "wall_x_threads_minutes": 1.5},
-            "sft-data": {"cpu_minutes": 100.0, "wall_x_threads_minutes": 120.0},
-            "sft": {"cpu_minutes": 10.0, "wall_x_threads_minutes": 11.0},
-            "rl-sun": {"cpu_minutes": 70.0, "wall_x_threads_minutes": 80.0},
+            "base": {"cpu_minutes": 1.0, "wall_x_threads_minutes": 1.5, "runs": [{"finished": True}]},
+            "sft-data": {"cpu_minutes": 100.0, "wall_x_threads_minutes": 120.0, "runs": [{"finished": False}]},
+            "sft": {"cpu_minutes": 10.0, "wall_x_threads_minutes": 11.0, "runs": [{"finished": True}]},
+            "rl-sun": {
+                "cpu_minutes": 70.0,
+                "wall_x_threads_minutes": 80.0,
+                "runs": [{"finished": False}, {"finished": True}],  # interrupted, then resumed to its end
+            },
             "eval-base": {"cpu_minutes": 200.0, "wall_x_threads_minutes": 210.0},
         }
     }
@@ -159,6 +163,7 @@ def test_report_rates_standard_errors_weighting_and_table(fig5, work):
     # SFT's cost includes the base sample and its relaxations
     s = rows["sft"]
     assert s["cpu_minutes_method"] == pytest.approx(111.0) and s["wall_x_threads_minutes_method"] == 132.5
+    assert not s["cpu_minutes_method_complete"]  # its relaxations were interrupted and never finished
     assert math.isfinite(s["kl_samples"]["kl"]) and s["kl_samples"]["n"] == 12  # tiny model 1 vs tiny model 0
     assert (work / "eval" / "sft" / "kl.json").is_file()  # cached for the next report
 
@@ -167,7 +172,7 @@ def test_report_rates_standard_errors_weighting_and_table(fig5, work):
     cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table[2:]}
     assert cells["base"][1] == "33.3 % (12)" and cells["base"][2] == "50.0 ± 17.7 % (8)"
     assert cells["base"][5] == "25.0 ± 12.5 %" and cells["base"][10] == "– (pretraining)"
-    assert cells["RL S.U.N.-aware (recipe)"][3] == "25.0 ± 23.4 pts" and cells["SFT"][10] == "111.0"
+    assert cells["RL S.U.N.-aware (recipe)"][3] == "25.0 ± 23.4 pts" and cells["SFT"][10] == "111.0 (partial)"
     record = json.loads((work / "fig5.json").read_text())
     assert [m["key"] for m in record["models"]] == ["base", "sft", "rl-sun"]
     assert (work / "fig5.png").read_bytes()[:4] == b"\x89PNG"

@@ -121,6 +121,48 @@ def test_a_cache_of_other_crystals_is_refused(test_cifs, tmp_path):
         featurize(test_cifs[:6], num_proc=1, cache_dir=tmp_path, chunk_size=2, progress=False)
 
 
+def test_a_cache_made_under_another_time_limit_is_refused(test_cifs, tmp_path):
+    """Chunks made under a 120 s limit may lack fingerprints that a rerun without a limit would compute."""
+    featurize(test_cifs[:2], num_proc=1, cache_dir=tmp_path, chunk_size=2, progress=False, time_limit=120)
+    with pytest.raises(ValueError, match="other settings"):
+        featurize(test_cifs[:2], num_proc=1, cache_dir=tmp_path, chunk_size=2, progress=False, time_limit=0)
+
+
+def test_a_stuck_fingerprint_worker_dies_with_its_parent(collapsed, tmp_path):
+    """A benchmark killed by SIGKILL runs no cleanup: its worker, stuck in compiled code on the collapsed cell,
+    must not keep a core busy for hours after it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    saved = tmp_path / "collapsed.json"  # a CIF of this cell does not read back
+    saved.write_text(collapsed.to_json())
+    code = (
+        "import sys; from pymatgen.core import Structure; from crystalformer_rl.evaluation.mp20 import featurize; "
+        "featurize([Structure.from_file(sys.argv[1])], num_proc=1, progress=False, time_limit=3600)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code, str(saved)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (children := psutil.Process(parent.pid).children()) and time.monotonic() < deadline:
+            assert parent.poll() is None, "the benchmark process ended before its worker started"
+            time.sleep(0.2)
+        assert children, "no fingerprint worker started"
+        worker = children[0]
+        time.sleep(2)  # let it enter the neighbour search
+        assert worker.is_running()
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        worker.wait(timeout=30)  # raises psutil.TimeoutExpired if the worker outlives its parent
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
 def test_features_save_and_load(features, tmp_path):
     features.save(tmp_path / "f.npz")
     loaded = CrystalFeatures.load(tmp_path / "f.npz")

@@ -78,6 +78,8 @@ def run_benchmark(args: BenchmarkArguments) -> dict[str, Any]:
     from ..evaluation.mp20 import benchmark_metrics, featurize, format_table, load_mp20_test_features, validity
     from ..materials.io import load_crystals
 
+    if args.fingerprint_time_limit < 0:
+        raise UsageError(f"--fingerprint_time_limit {args.fingerprint_time_limit}: use seconds >= 0 (0: no limit)")
     if not Path(args.input).exists():
         raise UsageError(
             f"input {args.input}: no such file or folder; pass the samples.csv of `crystalformer-rl sample`"
@@ -107,6 +109,7 @@ def run_benchmark(args: BenchmarkArguments) -> dict[str, Any]:
             "benchmark": "MP-20 (CDVAE's test split, 9,046 crystals)",
             "input": str(args.input),
             "fingerprint_seconds": round(seconds, 1),
+            "fingerprint_time_limit": args.fingerprint_time_limit,
             "num_proc": args.num_proc,
             "w(E)": "not computed: CDVAE's formation-energy model is a checkpoint this package cannot load",
         }

@@ -133,7 +133,7 @@ def format_help(command: str) -> str | None:
             return None
         schema = {**entry["parser"], "actions": [shipped["actions"][i] for i in entry["parser"]["actions"]]}
         return parser_from(schema).format_help()
-    except (OSError, KeyError, TypeError, ValueError):
+    except (OSError, LookupError, TypeError, ValueError):  # LookupError: a key or an action index not there
         return None
 
 

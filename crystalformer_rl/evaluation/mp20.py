@@ -18,7 +18,8 @@ cannot load, and no other formation-energy model reproduces its numbers.
 
 One deliberate difference: a crystal whose CrystalNN fingerprint takes longer than ``FINGERPRINT_TIME_LIMIT``
 seconds (a generated cell can keep pymatgen's compiled neighbour search busy for hours) is given no fingerprint, as
-CDVAE treats a fingerprint that raises; the benchmark reports how many (``fingerprint_timeouts``). Fingerprints are
+CDVAE treats a fingerprint that raises; the benchmark reports how many (``fingerprint_timeouts``; a crystal whose worker died, e.g. out of memory, is
+counted there too). Fingerprints are
 computed in worker processes, and the worker of a crystal past the limit is killed and replaced (a signal would wait
 for the compiled call to return). ``time_limit=0`` waits as CDVAE would.
 
@@ -196,8 +197,21 @@ def _features_of_crystal(crystal: Structure | str | None, fingerprints: bool = T
 _CHUNK: Sequence = ()
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when its parent dies, even by SIGKILL, so a crystal stuck in compiled
+    code cannot keep a core busy for hours after the benchmark is gone. Elsewhere: nothing."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker(connection) -> None:
     ignore_sigint()
+    _die_with_parent()
     while (index := connection.recv()) is not None:
         connection.send((index, _features_of_crystal(_CHUNK[index])))
 
@@ -220,14 +234,31 @@ def _featurize_in_workers(chunk: Sequence, num_proc: int, time_limit: float | No
         workers[ours] = [process, None, 0.0]
         feed(ours)
 
+    def retire(connection) -> None:
+        process = workers.pop(connection)[0]
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
     def feed(connection) -> None:
-        if todo:
-            index = todo.popleft()
+        if not todo:
+            try:
+                connection.send(None)
+            except OSError:  # already gone
+                pass
+            retire(connection)
+            return
+        index = todo.popleft()
+        try:
             connection.send(index)
-            workers[connection][1:] = [index, time.monotonic()]
-        else:
-            connection.send(None)
-            workers.pop(connection)[0].join()
+        except OSError:  # the worker died between two crystals: the crystal goes back, a new worker takes it
+            todo.appendleft(index)
+            workers[connection][0].kill()
+            retire(connection)
+            spawn_and_feed()
+            return
+        workers[connection][1:] = [index, time.monotonic()]
 
     def give_up(connection) -> None:
         process, index, _ = workers.pop(connection)
@@ -246,7 +277,7 @@ def _featurize_in_workers(chunk: Sequence, num_proc: int, time_limit: float | No
             for connection in mp_connection.wait(list(workers), timeout=timeout):
                 try:
                     index, row = connection.recv()
-                except EOFError:  # the worker died (out of memory, a crash in compiled code)
+                except (EOFError, OSError):  # the worker died (out of memory, a crash in compiled code)
                     give_up(connection)
                     continue
                 rows[index] = row
@@ -278,7 +309,7 @@ def featurize(
     cache = Path(cache_dir) if cache_dir else None
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
-        _check_cache(cache, _digest(crystals), chunk_size)
+        _check_cache(cache, _digest(crystals), chunk_size, time_limit)
     parts = []
     bar = tqdm(total=len(crystals), desc="MP-20 fingerprints", unit="crystal", disable=not progress)
     in_workers = num_proc > 1 or bool(time_limit)
@@ -331,13 +362,12 @@ def _digest(crystals: Sequence[Structure | str | None]) -> str:
     return digest.hexdigest()
 
 
-def _check_cache(cache: Path, digest: str, chunk_size: int) -> None:
-    settings = {"crystals_sha256": digest, "chunk_size": chunk_size}
+def _check_cache(cache: Path, digest: str, chunk_size: int, time_limit: float | None) -> None:
+    settings = {"crystals_sha256": digest, "chunk_size": chunk_size, "time_limit": float(time_limit or 0)}
     file = cache / "settings.json"
-    if file.exists() and json.loads(file.read_text()) != settings:
-        raise ValueError(
-            f"{cache} holds fingerprints of other crystals ({file}); pass --overwrite or choose another folder"
-        )
+    if file.exists() and (earlier := json.loads(file.read_text())) != settings:
+        what = "other crystals" if earlier.get("crystals_sha256") != digest else f"other settings ({earlier})"
+        raise ValueError(f"{cache} holds fingerprints of {what} ({file}); pass --overwrite or choose another folder")
     atomic_write_text(json.dumps(settings), file)
 
 

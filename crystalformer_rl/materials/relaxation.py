@@ -237,6 +237,7 @@ def relax_in_chunks(
             if primitive:
                 todo = [primitive_cell(s) for s in todo]
             if batched:
+                counted = bar.n
                 results = _call(relax_fn, todo, on_done=lambda _: bar.update(1))
                 if len(todo) > 1 and all(r is results[0] for r in results) and isinstance(results[0], Exception):
                     # the whole call raised: one crystal must not fail the others, so each is tried on its own
@@ -244,6 +245,7 @@ def relax_in_chunks(
                         "relaxation: a batch of %d failed (%s); relaxing them one by one", len(todo), results[0]
                     )
                     results = [r for s in todo for r in _call(relax_fn, [s])]
+                    bar.update(counted + len(todo) - bar.n)
             else:
                 results = []
                 for s in todo:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..plotting import figure, save_figure
 
 
@@ -31,9 +33,14 @@ def plot_loss_curves(log_history: list[dict], path: str | os.PathLike) -> Path:
         train = [(h["step"], h[logged]) for h in log_history if logged in h]
         valid = [(h["step"], h[f"eval_{key}"]) for h in log_history if f"eval_{key}" in h]
         if train:
-            ax.plot(*zip(*train), label="train", alpha=0.7)
+            steps, values = np.array(train, dtype=float).T
+            ax.plot(steps, values, color="C0", alpha=0.25, lw=0.5, label="train (per batch)")
+            window = len(values) // 50  # length-grouped batches swing the per-batch NLL: show its trend too
+            if window > 1:
+                trend = np.convolve(values, np.ones(window) / window, mode="valid")
+                ax.plot(steps[window - 1 :], trend, color="C0", label=f"train (mean of {window} logs)")
         if valid:
-            ax.plot(*zip(*valid), "o-", label="validation")
+            ax.plot(*zip(*valid), "o-", color="C1", label="validation")
         ax.set_title(key.replace("loss", "NLL"))
         ax.set_xlabel("step")
         if train or valid:
