@@ -5,8 +5,10 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 import yaml
+from pymatgen.core import Lattice, Structure
 
 from crystalformer_rl.commands import main, parse_args
 
@@ -464,6 +466,26 @@ def test_evaluate_relax_writes_chunks_keeps_them_on_ctrl_c_and_resumes(capsys, t
     assert pd.read_csv(out / "structures.csv")["e_hull_relaxed"].tolist() == table["e_hull_relaxed"].tolist()
     assert main([*argv, "--overwrite"]) == 0  # --overwrite starts again: every crystal relaxed
     assert len(stand_in_potential["seen"]) == 7
+
+
+def test_a_resumed_evaluation_reads_relaxed_crystals_back_as_written():
+    """A CHGNet relaxation of a generated Ca-V-Zn-Cu crystal (stop 35, 300 relaxed) pushed two Cu atoms within 1e-4
+    (fractional) of each other: pymatgen's CIF reader merged them into one site of occupancy 2, found no structure,
+    and `evaluate --relax --resume` ended in an internal error after an hour of relaxations. It also snaps
+    coordinates within 1e-4 of 1/3, 1/2, ... onto them. The resume now reads exactly the structure that was written."""
+    from crystalformer_rl.evaluation.evaluate import _structure
+
+    lattice = Lattice.from_parameters(7.1, 7.3, 9.2, 90, 101.5, 90)
+    coords = [[0.1, 0.2, 0.3], [0.1 + 2e-5, 0.2, 0.3], [1 / 3 + 4e-5, 0.5, 0.25], [0.6, 0.7, 0.8]]
+    relaxed = Structure(lattice, ["Cu", "Cu", "Ca", "V"], coords)
+    cif = relaxed.to(fmt="cif")
+    with pytest.raises(ValueError):
+        Structure.from_str(cif, fmt="cif")  # what the resume did
+    back = _structure(cif).get_sorted_structure()  # the CIF lists the sites by species
+    relaxed = relaxed.get_sorted_structure()
+    assert [str(x.specie) for x in back] == [str(x.specie) for x in relaxed] and len(back) == 4
+    np.testing.assert_allclose(back.frac_coords, relaxed.frac_coords, atol=1e-8)
+    assert _structure(None) is None
 
 
 def test_evaluate_resume_and_screen_options_are_checked_at_parse_time(capsys, tmp_path):
