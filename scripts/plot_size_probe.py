@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def shipped_curve(record: dict) -> tuple[list[float], list[float]]:
-    """(minutes, eval NLL) of the shipped model, phase after phase (``docs/default_model_training.json``)."""
+    """(minutes, eval NLL) of the previous shipped model, phase after phase
+    (``docs/results/previous_default_model_training.json``)."""
     minutes, losses, offset = [], [], 0.0
     for phase in ("sweep", "main", "continue"):
         if phase not in record["steps"]:
@@ -46,7 +47,7 @@ def probe_curve(result: dict, history: dict) -> tuple[list[float], list[float]]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shipped", default="docs/default_model_training.json")
+    parser.add_argument("--shipped", default="docs/results/previous_default_model_training.json")
     parser.add_argument("--probe", required=True, help="result.json of the probe's --work folder")
     parser.add_argument("--probe-history", required=True, help="log_history.json of the probe's --work folder")
     parser.add_argument("--output", default="docs/figures/size_probe.png")

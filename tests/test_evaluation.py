@@ -595,7 +595,7 @@ def test_shipped_reference_is_compact_and_decodes():
     assert DEFAULT_REFERENCE.stat().st_size < 4_000_000  # a few MB in the wheel
     assert (DEFAULT_REFERENCE.parent / "README.md").read_text().count("CC-BY 4.0") >= 1
     table = pd.read_csv(DEFAULT_REFERENCE)
-    assert list(table.columns) == ["id", "reduced_formula", "tokens"] and len(table) == 23_986
+    assert list(table.columns) == ["id", "reduced_formula", "tokens"] and len(table) == 38_232
     assert table["id"].is_unique and table["id"].str.match(r"^(mp|mvc)-\d+$").all()  # Materials Project ids
     index = ReferenceIndex.from_file(DEFAULT_REFERENCE, progress=False)
     assert len(index) == len(table) and not index._parsed  # indexing parsed nothing

@@ -31,8 +31,9 @@ SPACE_GROUP_FILE = "space_group_distribution.json"
 #: the official Alex-20 checkpoint in the form every loader takes (``load_model``, ``load_crystalformer_checkpoint``,
 #: ``convert``); ``load_model`` also accepts ``owner/repo:path.pkl``
 OFFICIAL_ALEX20 = "zdcao/CrystalFormer/alex20/PBE/epoch_005500.pkl"
-#: the training corpus of the embedded model: 23,986 Materials Project crystals as token strings
-SHIPPED_REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference" / "mp_corpus_train.csv.gz"
+#: the corpus of the embedded model (train + validation, test-safe for MP-20): 38,232 Materials Project crystals as
+#: token strings
+SHIPPED_REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference" / "mp_corpus_test_safe.csv.gz"
 #: file names a model folder may carry its novelty reference (training crystals) under, in order of preference
 REFERENCE_FILES = ("reference_corpus.csv.gz", "reference_corpus.parquet")
 

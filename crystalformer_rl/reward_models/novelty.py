@@ -103,8 +103,8 @@ def _penalty(value: Any, what: str) -> float:
 def load_reference(reference: Any, column: str | None = None) -> Any:
     """The reference index a :class:`NoveltyReward` tests against.
 
-    ``"default"``: the training corpus of the embedded default model (``crystalformer_rl/data/reference/
-    mp_corpus_train.csv.gz``, 23,986 MP crystals); a model folder: the ``reference_corpus.csv.gz`` / ``.parquet``
+    ``"default"``: the corpus of the embedded default model (``crystalformer_rl/data/reference/
+    mp_corpus_test_safe.csv.gz``, 38,232 MP crystals, train + val); a model folder: the ``reference_corpus.csv.gz`` / ``.parquet``
     it carries; any other path or a ``datasets`` Hub id: ``ReferenceIndex.from_file`` (a CSV / parquet / JSON table
     with a ``cif``, ``structure`` or ``tokens`` column, token arrays, or a folder of CIFs); a sequence of
     structures; an object with ``check(structure, matcher)`` (a ``ReferenceIndex``) as it is; ``None``: no
@@ -160,7 +160,7 @@ class NoveltyReward(CrystalReward):
 
     Args:
         reference: the training corpus to call "known" (see :func:`load_reference`; default: the embedded model's,
-            ``crystalformer_rl/data/reference/mp_corpus_train.csv.gz``); ``None``: no reference test.
+            ``crystalformer_rl/data/reference/mp_corpus_test_safe.csv.gz``); ``None``: no reference test.
         penalty: default of ``known_penalty`` and ``duplicate_penalty`` (reward units: eV/atom next to E_hull).
         known_penalty, duplicate_penalty: the two penalties, ``>= 0`` (``<= 1`` in multiplicative mode).
         mode: ``"additive"`` (next to a reward of any sign, e.g. ``-E_hull``) or ``"multiplicative"`` (a discount
