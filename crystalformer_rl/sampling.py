@@ -11,6 +11,7 @@ crystals (a TRL reward callable) the batch reward ``model.mcmc`` takes.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -282,18 +283,31 @@ class SampleWriter:
             _structure_or_none(c) if isinstance(text, str) else None for c, text in zip(crystals, frame["tokens"])
         ]
         frame = frame.assign(valid_tokens=[s is not None for s in structures]).reindex(columns=SAMPLE_COLUMNS)
-        if "cif" in self.formats:
-            for name, structure in zip(frame["id"], structures):
-                if structure is not None:
-                    path = self.output_dir / "cifs" / f"{name}.cif"
-                    atomic_write_with(lambda p, s=structure: s.to(filename=str(p), fmt="cif"), path)
-        if "extxyz" in self.formats:
-            from ase.io import write
+        appended = [self.output_dir / "samples.extxyz", self.output_dir / "samples.csv"]
+        sizes = {path: path.stat().st_size if path.exists() else None for path in appended}
+        cifs: list[Path] = []
+        try:
+            if "cif" in self.formats:
+                for name, structure in zip(frame["id"], structures):
+                    if structure is not None:
+                        cifs.append(self.output_dir / "cifs" / f"{name}.cif")
+                        atomic_write_with(lambda p, s=structure: s.to(filename=str(p), fmt="cif"), cifs[-1])
+            if "extxyz" in self.formats:
+                from ase.io import write
 
-            atoms = _ase_atoms(frame["id"], structures)
-            write(str(self.output_dir / "samples.extxyz"), atoms, format="extxyz", append=self.num_samples > 0)
-        if "csv" in self.formats:  # last: a row in the table has its files
-            frame.to_csv(self.output_dir / "samples.csv", mode="a", header=self.num_samples == 0, index=False)
+                atoms = _ase_atoms(frame["id"], structures)
+                write(str(appended[0]), atoms, format="extxyz", append=self.num_samples > 0)
+            if "csv" in self.formats:  # last: a row in the table has its files
+                frame.to_csv(appended[1], mode="a", header=self.num_samples == 0, index=False)
+        except BaseException:  # Ctrl-C (or a failure) mid-batch: the batch leaves nothing, the files stay in step
+            for path in cifs:
+                path.unlink(missing_ok=True)
+            for path, size in sizes.items():
+                if size is None:
+                    path.unlink(missing_ok=True)
+                elif path.exists():
+                    os.truncate(path, size)
+            raise
         self.num_samples += len(frame)
         self.valid_tokens += int(frame["valid_tokens"].sum())
         self.seconds += seconds

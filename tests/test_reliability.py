@@ -324,6 +324,34 @@ def test_sample_ctrl_c_keeps_the_finished_batches(capsys, tiny_folder, tmp_path,
     assert meta["interrupted"] and meta["num_samples"] == 4
 
 
+def test_sample_ctrl_c_inside_a_batch_leaves_no_file_of_it(capsys, tiny_folder, tmp_path, monkeypatch):
+    """Ctrl-C while a batch was being written left its CIFs (and part of samples.extxyz) past the table's last
+    row; now the unfinished batch is taken back, so every file holds exactly the table's crystals."""
+    import ase.io
+    import pandas as pd
+
+    calls = []
+    to_csv = pd.DataFrame.to_csv
+
+    def interrupt_the_third_table_write(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the third batch's CIFs and extxyz frames are written by now
+            raise KeyboardInterrupt
+        return to_csv(self, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", interrupt_the_third_table_write)
+    out = tmp_path / "s"
+    code, lines = run_cli(_sample(tiny_folder, out, "-n", "10", "--format", "csv", "cif", "extxyz"), capsys)
+    assert code == 130 and "interrupted after 4 of 10" in lines[0], lines
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    table = pd.read_csv(out / "samples.csv")
+    assert len(table) == 4
+    written = sorted(p.stem for p in (out / "cifs").glob("*.cif"))
+    assert written == sorted(table.loc[table["valid_tokens"], "id"])
+    frames = ase.io.read(out / "samples.extxyz", index=":")
+    assert [a.info["id"] for a in frames] == table.loc[table["valid_tokens"], "id"].tolist()
+
+
 def test_sample_refuses_a_batch_that_would_not_fit_in_memory(capsys, tmp_path, monkeypatch):
     """Issue 36 case 6: `sample -n 200000 --batch_size 200000` took 6 GB before the first progress tick."""
     import crystalformer_rl.commands.sample as sample
