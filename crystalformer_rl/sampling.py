@@ -299,6 +299,11 @@ class SampleWriter:
                 write(str(appended[0]), atoms, format="extxyz", append=self.num_samples > 0)
             if "csv" in self.formats:  # last: a row in the table has its files
                 frame.to_csv(appended[1], mode="a", header=self.num_samples == 0, index=False)
+            self.num_samples, self.valid_tokens, self.seconds = (  # the batch counts once its files are all written
+                self.num_samples + len(frame),
+                self.valid_tokens + int(frame["valid_tokens"].sum()),
+                self.seconds + seconds,
+            )
         except BaseException:  # Ctrl-C (or a failure) mid-batch: the batch leaves nothing, the files stay in step
             for path in cifs:
                 path.unlink(missing_ok=True)
@@ -308,9 +313,6 @@ class SampleWriter:
                 elif path.exists():
                     os.truncate(path, size)
             raise
-        self.num_samples += len(frame)
-        self.valid_tokens += int(frame["valid_tokens"].sum())
-        self.seconds += seconds
 
     def finish(self, interrupted: bool = False) -> dict:
         meta = {

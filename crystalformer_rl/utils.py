@@ -20,8 +20,12 @@ def atomic_write_with(write: Callable[[Path], object], path: str | os.PathLike) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a failed or interrupted write leaves neither half a file nor its temporary
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -214,6 +214,9 @@ def evaluate_samples(folder: Path, reference: Path | None, options: list[str]) -
 def _save_samples(folder: Path, crystals: list[CrystalTokens], logps: dict, seconds: float, settings: dict):
     from crystalformer_rl.sampling import SampleWriter
 
+    # left by a run interrupted after writing them: redone, not appended to (nor their evaluation reused)
+    (folder / "samples.csv").unlink(missing_ok=True)
+    shutil.rmtree(folder / "evaluation", ignore_errors=True)
     writer = SampleWriter(folder, ["csv"], settings)
     writer.add(crystals, logps, seconds)
     writer.finish()
@@ -487,7 +490,14 @@ def run_rl_arm(target: Target, reward: TrainerReward, args, reference, evaluate_
     for step, model_path, history in points:
         folder = Path(args.output_dir) / "rl" / f"step-{step:06d}"
         done = folder / "arm.json"
-        drawn_with = {"model": str(model_path or "default"), "num_samples": args.num_samples, "seed": args.seed}
+        drawn_with = {  # what the samples and their evaluation depend on
+            "model": str(model_path or "default"),
+            "num_samples": args.num_samples,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "evaluate_options": list(evaluate_options),
+            "reference": None if reference is None else str(reference),
+        }
         if done.is_file():
             point = json.loads(done.read_text())
             if point.get("drawn_with") != drawn_with:

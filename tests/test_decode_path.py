@@ -290,7 +290,7 @@ def test_write_samples_decodes_the_sampled_tokens_themselves(model, tmp_path):
     worst_rounded = 0.0
     for i in valid:
         name, truth = frame["id"][i], crystals[i].to_structure()
-        # frac_tolerance 0: pymatgen would otherwise snap a coordinate within 1e-4 of 1/3, 1/2, ... onto it
+        # frac_tolerance 0: pymatgen would otherwise snap a coordinate within 1e-4 of 1/3 or 2/3 onto it
         cif = CifParser(tmp_path / "exact" / "cifs" / f"{name}.cif", frac_tolerance=0)
         from_cif = cif.parse_structures(primitive=False)[0]
         np.testing.assert_allclose(from_cif.lattice.parameters, truth.lattice.parameters, atol=1e-6)

@@ -352,6 +352,18 @@ def test_sample_ctrl_c_inside_a_batch_leaves_no_file_of_it(capsys, tiny_folder, 
     assert [a.info["id"] for a in frames] == table.loc[table["valid_tokens"], "id"].tolist()
 
 
+def test_an_interrupted_atomic_write_leaves_neither_the_file_nor_its_temporary(tmp_path):
+    from crystalformer_rl.utils import atomic_write_with
+
+    def half_then_ctrl_c(tmp):
+        tmp.write_text("half a CIF")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_with(half_then_ctrl_c, tmp_path / "cifs" / "sample-000001.cif")
+    assert list((tmp_path / "cifs").iterdir()) == []
+
+
 def test_sample_refuses_a_batch_that_would_not_fit_in_memory(capsys, tmp_path, monkeypatch):
     """Issue 36 case 6: `sample -n 200000 --batch_size 200000` took 6 GB before the first progress tick."""
     import crystalformer_rl.commands.sample as sample
@@ -500,7 +512,7 @@ def test_a_resumed_evaluation_reads_relaxed_crystals_back_as_written():
     """A CHGNet relaxation of a generated Ca-V-Zn-Cu crystal (stop 35, 300 relaxed) pushed two Cu atoms within 1e-4
     (fractional) of each other: pymatgen's CIF reader merged them into one site of occupancy 2, found no structure,
     and `evaluate --relax --resume` ended in an internal error after an hour of relaxations. It also snaps
-    coordinates within 1e-4 of 1/3, 1/2, ... onto them. The resume now reads exactly the structure that was written."""
+    coordinates within 1e-4 of 1/3 and 2/3 onto them. The resume now reads exactly the structure that was written."""
     from crystalformer_rl.evaluation.evaluate import _structure
 
     lattice = Lattice.from_parameters(7.1, 7.3, 9.2, 90, 101.5, 90)

@@ -674,15 +674,13 @@ def _relax(table, structures, relaxation: _Relaxation, ehull_fn, batch_size, pro
 def _structure(cif: str | None) -> Structure | None:
     """The relaxed structure an earlier run wrote (``relaxed_cif``, every site listed), read back as it was written:
     with pymatgen's default tolerances its CIF reader merges atoms that a relaxation pushed onto one another (and
-    then finds no structure) and snaps coordinates near 1/3, 1/2, ... onto them, so a resumed evaluation would judge
-    other structures than the run that relaxed them."""
+    then finds no structure) and snaps coordinates within 1e-4 of 1/3 and 2/3 onto them, so a resumed evaluation
+    would judge other structures than the run that relaxed them."""
     if cif is None:
         return None
-    from io import StringIO
-
     from pymatgen.io.cif import CifParser
 
-    return CifParser(StringIO(cif), site_tolerance=0, frac_tolerance=0).parse_structures(primitive=False)[0]
+    return CifParser.from_str(cif, site_tolerance=0, frac_tolerance=0).parse_structures(primitive=False)[0]
 
 
 def _sun_columns(table, structures, relaxed, index, stable, stable_unrelaxed, same_space_group, progress) -> None:

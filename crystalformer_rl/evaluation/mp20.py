@@ -365,7 +365,10 @@ def _digest(crystals: Sequence[Structure | str | None]) -> str:
 def _check_cache(cache: Path, digest: str, chunk_size: int, time_limit: float | None) -> None:
     settings = {"crystals_sha256": digest, "chunk_size": chunk_size, "time_limit": float(time_limit or 0)}
     file = cache / "settings.json"
-    if file.exists() and (earlier := json.loads(file.read_text())) != settings:
+    earlier = json.loads(file.read_text()) if file.exists() else None
+    if earlier is not None and "time_limit" not in earlier:  # written before the limit was recorded: its default
+        earlier["time_limit"] = FINGERPRINT_TIME_LIMIT
+    if earlier is not None and earlier != settings:
         what = "other crystals" if earlier.get("crystals_sha256") != digest else f"other settings ({earlier})"
         raise ValueError(f"{cache} holds fingerprints of {what} ({file}); pass --overwrite or choose another folder")
     atomic_write_text(json.dumps(settings), file)

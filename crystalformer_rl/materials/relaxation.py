@@ -245,7 +245,7 @@ def relax_in_chunks(
                         "relaxation: a batch of %d failed (%s); relaxing them one by one", len(todo), results[0]
                     )
                     results = [r for s in todo for r in _call(relax_fn, [s])]
-                    bar.update(counted + len(todo) - bar.n)
+                bar.update(counted + len(todo) - bar.n)  # whatever the calls reported, the chunk is done
             else:
                 results = []
                 for s in todo:

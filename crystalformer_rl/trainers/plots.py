@@ -34,7 +34,7 @@ def plot_loss_curves(log_history: list[dict], path: str | os.PathLike) -> Path:
         valid = [(h["step"], h[f"eval_{key}"]) for h in log_history if f"eval_{key}" in h]
         if train:
             steps, values = np.array(train, dtype=float).T
-            ax.plot(steps, values, color="C0", alpha=0.25, lw=0.5, label="train (per batch)")
+            ax.plot(steps, values, color="C0", alpha=0.25, lw=0.5, label="train (each log)")
             window = len(values) // 50  # length-grouped batches swing the per-batch NLL: show its trend too
             if window > 1:
                 trend = np.convolve(values, np.ones(window) / window, mode="valid")
