@@ -99,10 +99,12 @@ class EvaluateArguments(CommandArguments):
             "help": "Relaxation screen (eV/atom): a crystal whose unrelaxed E_hull is above this is not relaxed and "
             "counts as not stable after relaxation (relax_reason 'screened: ...'); default: off, every crystal "
             "relaxed, the reference's rule. The screen changes verdicts wherever a crystal above it would have "
-            "relaxed to stable, so its agreement with full relaxation must be measured "
-            "(benchmarks/bench_relax_screen.py on fully relaxed samples): [TO BE MEASURED: at EHULL = ?, the "
-            "share of stable and of S.U.N. verdicts that agree with full relaxation on ? crystals, and the share of "
-            "relaxation steps saved]. Needs a value >= --ehull_threshold.",
+            "relaxed to stable. Measured on the default model's first 300 samples, all fully relaxed "
+            "(docs/benchmarks/relax_screen_base300.json): at EHULL 1, 91.3 %% of the per-crystal stable verdicts "
+            "agree with full relaxation and 79 %% of the FIRE steps are saved; at EHULL 5, 96.0 %% and 59 %%. A "
+            "crystal at 10.2 eV/atom as sampled ended stable, so no EHULL keeps 99.5 %% and the screen is off by "
+            "default. Needs a value "
+            ">= --ehull_threshold.",
             "metavar": "EHULL",
         },
     )
