@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -27,6 +28,22 @@ def atomic_write_with(write: Callable[[Path], object], path: str | os.PathLike) 
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def content_sha256(path: str | os.PathLike) -> str | None:
+    """SHA-256 of a local file's bytes, or of a folder's files (relative names and bytes, in name order); ``None``
+    for anything else (a Hub id). A resume compares it, so an input replaced under the same name is not mixed in."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else "").encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:

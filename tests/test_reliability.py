@@ -540,9 +540,10 @@ def test_evaluate_resume_and_screen_options_are_checked_at_parse_time(capsys, tm
     ):
         code, lines = run_cli(["evaluate", str(salts), "-o", str(tmp_path / "e"), *extra], capsys)
         assert_one_line(code, lines, fragment)
-    assert main(["evaluate", "--help"]) == 0  # the screen's help asks for its measured agreement
+    assert main(["evaluate", "--help"]) == 0  # the screen's help gives its measured agreement
     text = " ".join(capsys.readouterr().out.split())
-    assert "--relax_screen EHULL" in text and "must be measured" in text and "--resume" in text
+    assert "--relax_screen EHULL" in text and "91.3 % of the per-crystal stable verdicts" in text
+    assert "--resume" in text
 
 
 # ------------------------------------------------------------------------------------------------ 4. prepare-data
@@ -567,6 +568,10 @@ def test_prepare_data_resume_with_other_arguments_is_refused(capsys, tmp_path, v
     assert summary["encoded"] + summary["failed"] == 12
     assert main([*argv, "--resume"]) == 0  # the same arguments: nothing left to do, the same counts
     assert json.loads((out / "summary.json").read_text())["encoded"] == summary["encoded"]
+    # the same path with other crystals in it: resuming would mix two sources in one dataset
+    val.iloc[1:13][["material_id", "cif"]].to_csv(source, index=False)
+    code, lines = run_cli([*argv, "--resume"], capsys)
+    assert_one_line(code, lines, str(out), "source's content")
 
 
 def test_prepare_data_keeps_invalid_crystals_out_of_the_shards(tmp_path):

@@ -19,6 +19,7 @@ from ..materials.ehull import EhullCalculator
 from ..materials.hull import ReferenceHull
 from ..materials.io import LoadedCrystals, load_crystals, read_table
 from ..materials.matching import ReferenceIndex
+from ..utils import content_sha256
 from . import naming_input
 from .outputs import EVALUATE_OUTPUTS, check_output_dir, remove_outputs
 from .parser import CommandArguments
@@ -279,6 +280,8 @@ def run_evaluate(args: EvaluateArguments) -> dict[str, Any]:
     store = None
     if args.relax:  # each finished chunk of relaxations is written at once: Ctrl-C keeps them, --resume reuses them
         potential = {"calculator": args.calculator, "hull": args.hull, "hull_energy_scale": args.hull_energy_scale}
+        if args.hull:  # its content too: a hull file replaced under the same name must not mix verdicts
+            potential["hull_sha256"] = content_sha256(args.hull)
         store = RelaxedChunks(Path(args.output_dir) / "relaxed", potential, resume=args.resume)
     try:
         result = evaluate_structures(

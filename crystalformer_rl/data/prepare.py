@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..tokenization import CrystalTokenizationError, CrystalTokenizer, to_structure
-from ..utils import atomic_write_table, atomic_write_text, ignore_sigint
+from ..utils import atomic_write_table, atomic_write_text, content_sha256, ignore_sigint
 
 
 STRUCTURE_COLUMNS = ("cif", "structure")
@@ -131,7 +131,12 @@ def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-_OPTIONS = {"source": "source", "keep_structure": "--structure", "tokenizer": "--n_max (the tokenizer)"}
+_OPTIONS = {
+    "source": "source",
+    "source_sha256": "source's content (sha256)",
+    "keep_structure": "--structure",
+    "tokenizer": "--n_max (the tokenizer)",
+}
 
 
 def prepare_data(
@@ -161,6 +166,7 @@ def prepare_data(
     out = Path(output_dir)
     settings = {
         "source": str(source),
+        "source_sha256": content_sha256(source),
         "split": split,
         "shard_size": shard_size,
         "limit": limit,
@@ -171,6 +177,7 @@ def prepare_data(
     manifest = out / "manifest.json"
     if manifest.exists():
         earlier = json.loads(manifest.read_text())
+        earlier.setdefault("source_sha256", settings["source_sha256"])  # a manifest from before it was recorded
         changed = [k for k in sorted(set(settings) | set(earlier)) if settings.get(k) != earlier.get(k)]
         if changed:
             what = ", ".join(
